@@ -1,0 +1,117 @@
+"""What every editor implements and every loader produces.
+
+The core knows no concrete editor: the runner builds an editor from the registry,
+hands it steps of :class:`EditRequest` and evaluates the model it edited in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
+
+
+class EditbenchError(Exception):
+    """A user-facing error: printed as one line by the CLI, never with a traceback."""
+
+
+@dataclass(frozen=True)
+class LocalityPrompt:
+    """An unrelated prompt whose behaviour must survive the edits, with its gold answer."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit: make ``prompt`` (which mentions ``subject``) continue with ``target_new``."""
+
+    case_id: str
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+    rephrase_prompts: tuple[str, ...] = ()
+    locality: tuple[LocalityPrompt, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("case_id", "prompt", "subject", "target_new"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise EditbenchError(
+                    f"EditRequest {self.case_id!r}: field {name!r} must be a non-empty string, "
+                    f"got {value!r}"
+                )
+        if self.target_true is not None and not isinstance(self.target_true, str):
+            raise EditbenchError(
+                f"EditRequest {self.case_id!r}: field 'target_true' must be a string or None"
+            )
+        object.__setattr__(self, "rephrase_prompts", tuple(self.rephrase_prompts))
+        object.__setattr__(self, "locality", tuple(self.locality))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EditorConfig:
+    """Base of every editor's typed hyperparameters (validated from YAML by ``config.py``).
+
+    ``edits_per_step`` is the editor's natural step size in a sequential run:
+    ``None`` means "all requests in one step" (breadth-first / batched editors).
+    """
+
+    edits_per_step: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Cross-field checks; raise ``ValueError`` with a message naming the key."""
+        if self.edits_per_step is not None and self.edits_per_step < 1:
+            raise ValueError("edits_per_step: expected a positive integer or null")
+
+
+@dataclass
+class EditStats:
+    """What an editor reports about one step (times are filled in by the runner)."""
+
+    num_requests: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class BaseEditor(ABC):
+    """An editor changes ``handle.model`` in place, one step of requests at a time.
+
+    Editors keep all their state on the instance (optimiser moments, caches of keys,
+    projection matrices), so two editors never share anything, and expose it through
+    :meth:`state_dict` so a run can be resumed.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[EditorConfig]] = EditorConfig
+
+    def __init__(self, handle: ModelHandle, config: EditorConfig) -> None:
+        if not isinstance(config, self.config_class):
+            raise EditbenchError(
+                f"editor {self.name!r} expects a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        self.handle = handle
+        self.config = config
+
+    @abstractmethod
+    def edit(self, requests: Sequence[EditRequest]) -> EditStats:
+        """Apply one step of requests to the model in place."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Editor state that must survive a resume (tensors allowed)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise EditbenchError(f"editor {self.name!r} keeps no state, got keys {sorted(state)}")

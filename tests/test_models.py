@@ -1,0 +1,58 @@
+"""Model presets: module templates resolve on every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+
+from editbench.api import EditbenchError
+from editbench.models import family_templates, get_preset, preset_names
+
+KEYS = ("block", "mlp", "mlp_down", "mlp_up", "attn_o", "embed", "final_norm", "lm_head")
+
+
+def test_all_presets_load():
+    names = preset_names()
+    for required in ("smollm2-135m", "qwen2.5-7b", "qwen2.5-7b-instruct", "llama3-8b",
+                     "llama3-8b-instruct", "mistral-7b", "qwen2.5-14b", "qwen2.5-32b",
+                     "qwen2.5-72b", "gpt2-xl"):
+        assert required in names
+    for name in names:
+        preset = get_preset(name)
+        assert ".3." in preset.module_name("mlp_down", 3)
+        assert preset.module_name("final_norm") in ("model.norm", "transformer.ln_f")
+
+
+def test_unknown_model_did_you_mean():
+    with pytest.raises(EditbenchError, match="did you mean 'qwen2.5-7b'"):
+        get_preset("qwen2.5-7")
+
+
+def test_templates_need_layer_and_exist():
+    preset = get_preset("llama3-8b")
+    assert preset.module_name("mlp_down", 22) == "model.layers.22.mlp.down_proj"
+    with pytest.raises(EditbenchError, match="needs a layer index"):
+        preset.module_name("mlp_down")
+    with pytest.raises(EditbenchError, match="no module template 'mlp_dwn'.*did you mean 'mlp_down'"):
+        preset.module_name("mlp_dwn", 1)
+
+
+def test_templates_match_real_modules(tiny_handle):
+    for key in KEYS:
+        layer = 2 if "{}" in tiny_handle.preset.templates[key] else None
+        module = tiny_handle.get_module(key, layer)
+        assert module is not None
+    weight = tiny_handle.get_module("mlp_down", 1).weight
+    hidden = tiny_handle.model.config.hidden_size if hasattr(tiny_handle.model.config, "hidden_size") else 32
+    # out_in layout: [hidden, intermediate]; GPT-2's Conv1D stores [intermediate, hidden].
+    expected_rows = hidden if tiny_handle.preset.weight_layout == "out_in" else weight.shape[0]
+    assert weight.shape[0] == expected_rows
+    assert tiny_handle.resolve_module_name("mlp_down@1") == tiny_handle.module_name("mlp_down", 1)
+    with pytest.raises(EditbenchError, match="has no module 'nope.x'"):
+        tiny_handle.resolve_module_name("nope.x")
+
+
+def test_moe_preset_points_at_shared_expert():
+    assert get_preset("qwen1.5-moe-a2.7b").module_name("mlp_down", 20) == (
+        "model.layers.20.mlp.shared_expert.down_proj"
+    )
+    assert "gpt2" in family_templates()
