@@ -108,6 +108,21 @@ class BaseEditor(ABC):
     def edit(self, requests: Sequence[EditRequest]) -> EditStats:
         """Apply one step of requests to the model in place."""
 
+    def finalize(self) -> None:
+        """Called once after the last step, before the final evaluation.
+
+        Editors that edit through a side structure (e.g. a LoRA adapter with
+        ``merge: true``) fold it into the model here; the default does nothing.
+        """
+
+    def edited_parameters(self) -> list[str]:
+        """Names (``model.named_parameters()``) of the model tensors this editor changes.
+
+        The runner saves these tensors with :meth:`state_dict` in a run's checkpoint, so a
+        resumed run continues from the same weights without re-editing.
+        """
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Editor state that must survive a resume (tensors allowed)."""
         return {}

@@ -165,6 +165,7 @@ def run(spec: RunSpec) -> RunDir:
                 eval_time += time.perf_counter() - t0
                 curve.write({"edits": done, "edit_time_s": edit_time, "results": point})
 
+        editor.finalize()
         cases = out.stream("cases.jsonl").open()
         t0 = time.perf_counter()
         results = evaluator.evaluate(requests, baseline, sink=cases.write)

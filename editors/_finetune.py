@@ -218,6 +218,9 @@ class FinetuneEditor(BaseEditor):
             "epoch_losses": [round(x, 5) for x in epoch_losses],
         }
 
+    def edited_parameters(self) -> list[str]:
+        return list(self.params)
+
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self._rng.getstate(), "steps_taken": self.steps_taken}
 
