@@ -164,3 +164,43 @@ def test_leaderboard_separates_incomparable_runs(tmp_path):
         tables([a, c], strict=True)
     with pytest.raises(EditbenchError, match="not a finished run"):
         tables([tmp_path])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_result(setup, monkeypatch):
+    """A run killed after its first step and resumed equals an uninterrupted run."""
+    from editbench.runner import RunSpec, run
+    from editors.locft_bf import LocFTBFEditor
+
+    tmp, model_dir, data, hparams = setup
+    common = dict(editor="locft_bf", model=str(model_dir), hparams_file=str(hparams),
+                  dataset=str(data), device="cpu", edits_per_step=1, eval_every=2,
+                  max_new_tokens=6, protocols=("generation", "teacher_forced"))
+    reference = run(RunSpec(**common, output=str(tmp / "ref"))).load()[1]
+
+    calls = {"n": 0}
+    original_edit = LocFTBFEditor.edit
+
+    def flaky_edit(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _Interrupt
+        return original_edit(self, requests)
+
+    monkeypatch.setattr(LocFTBFEditor, "edit", flaky_edit)
+    out = tmp / "resumed"
+    with pytest.raises(_Interrupt):
+        run(RunSpec(**common, output=str(out), checkpoint_every=2))
+    assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
+    monkeypatch.setattr(LocFTBFEditor, "edit", original_edit)
+
+    with pytest.raises(EditbenchError, match="cannot resume with different settings"):
+        run(RunSpec(**{**common, "seed": 5}, output=str(out), resume=True))
+    resumed = run(RunSpec(**common, output=str(out), resume=True)).load()[1]
+    assert resumed["results"] == reference["results"]
+    assert not (out / "checkpoint.pt").exists()
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [p["edits"] for p in curve] == [2, 4]
