@@ -1,0 +1,367 @@
+"""Layer statistics C = E[k k^T] of the inputs of the edited modules, cached on disk.
+
+One forward pass over the corpus collects every requested module at once and stops after
+the deepest one (the originals run one pass per layer). Per batch, X^T X is accumulated in
+float32 on the module's device and flushed every ``flush_every`` batches into a float64
+sum on the CPU, so a 7-8B model's matrices never sit on the GPU in float64 and a long pass
+keeps float64 precision.
+
+Cache: one file per module under ``$EDITBENCH_STATS_CACHE`` (default
+``<editbench cache>/stats``), named by a hash of everything the numbers depend on: the
+model's identity (repo id + revision, or a weights hash) and a fingerprint of its weights,
+the module, the corpus identity (file path + SHA-256, HF name/config/split/revision, or the
+self-generation seed and size), the token count, the sequence length and the dtype. Files
+are written atomically and carry the SHA-256 of the tensor bytes; a file whose metadata
+or hash does not match is recomputed (with a warning), never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from editbench.api import EditbenchError
+from editbench.progress import bar
+from editbench.resources import cache_dir
+from editors._locate.keys import capture, forward, pad_right, sample_texts
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def stats_cache_root() -> Path:
+    env = os.environ.get("EDITBENCH_STATS_CACHE")
+    if env:
+        path = Path(env)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return cache_dir("stats")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where the statistics' text comes from, and a string that identifies it exactly."""
+
+    kind: str  # "file" | "hf" | "self"
+    spec: str
+    identity: str
+    path: Path | None = None
+    seed: int = 0
+
+    def texts(self, handle, num_tokens: int, seq_len: int) -> Iterator[str]:
+        if self.kind == "file":
+            yield from _file_texts(self.path)
+        elif self.kind == "hf":
+            yield from _hf_texts(self.spec)
+        else:
+            yield from _self_texts(handle, num_tokens, seq_len, self.seed)
+
+
+def resolve_corpus(spec: str, seed: int = 0) -> Corpus:
+    """``self`` | ``hf:<name>[:<config>[:<split>]]`` | a local .jsonl / text file."""
+    if spec == "self":
+        return Corpus("self", spec, f"self-generated:seed={seed}", seed=seed)
+    if spec.startswith("hf:"):
+        return Corpus("hf", spec[3:], f"hf:{_hf_identity(spec[3:])}")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise EditbenchError(
+            f"stats_corpus {spec!r}: no such file; expected 'self', 'hf:<dataset>[:<config>[:<split>]]' "
+            "or a .jsonl/.txt file"
+        )
+    path = path.resolve()
+    return Corpus("file", spec, f"file:{path.name}:sha256={_sha256_file(path)}", path=path)
+
+
+def _file_texts(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as fh:
+        if path.suffix == ".jsonl":
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise EditbenchError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise EditbenchError(f"{path}:{lineno}: expected an object with a 'text' string")
+                yield record["text"]
+        else:
+            block: list[str] = []
+            for line in fh:  # paragraphs separated by blank lines
+                if line.strip():
+                    block.append(line.strip())
+                elif block:
+                    yield " ".join(block)
+                    block = []
+            if block:
+                yield " ".join(block)
+
+
+def _hf_parts(spec: str) -> tuple[str, str | None, str]:
+    parts = spec.split(":")
+    name = parts[0]
+    config = parts[1] if len(parts) > 1 and parts[1] else None
+    split = parts[2] if len(parts) > 2 and parts[2] else "train"
+    return name, config, split
+
+
+def _hf_identity(spec: str) -> str:
+    name, config, split = _hf_parts(spec)
+    revision = "unknown"
+    try:
+        from huggingface_hub import HfApi
+
+        revision = HfApi().dataset_info(name).sha or "unknown"
+    except Exception as exc:  # offline: the identity still names the dataset and split
+        log.warning("could not resolve the revision of dataset %s (%s)", name, exc)
+    return f"{name}:{config}:{split}@{revision}"
+
+
+def _hf_texts(spec: str) -> Iterator[str]:
+    import datasets
+
+    name, config, split = _hf_parts(spec)
+    ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    for record in ds:
+        text = record.get("text")
+        if isinstance(text, str) and text.strip():
+            yield text
+
+
+def _self_texts(handle, num_tokens: int, seq_len: int, seed: int) -> Iterator[str]:
+    """Model samples (top-k 5) from the five starter words, 64 at a time, until the budget."""
+    from editors._locate.keys import STARTERS
+
+    length = min(seq_len, 128)
+    produced, batch = 0, 0
+    while produced < num_tokens:
+        prompts = [STARTERS[i % len(STARTERS)] for i in range(64)]
+        for text in sample_texts(handle, prompts, length, seed * 100_003 + batch, top_k=20):
+            produced += length
+            yield text
+        batch += 1
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap hash of every parameter (name, shape, dtype and a strided sample of values).
+
+    Catches a different checkpoint behind the same identity string and a model that was
+    edited before its statistics were asked for.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step].float().cpu().numpy().tobytes()
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            h.update(sample)
+    return h.hexdigest()[:24]
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """What a statistics matrix depends on."""
+
+    model: str
+    weights: str
+    corpus: str
+    tokens: int
+    seq_len: int
+    dtype: str
+
+    def meta(self, module: str, kind: str = "mom2") -> dict[str, Any]:
+        return {"version": CACHE_VERSION, "kind": kind, "module": module, "model": self.model,
+                "weights": self.weights, "corpus": self.corpus, "tokens": self.tokens,
+                "seq_len": self.seq_len, "dtype": self.dtype}
+
+
+def cache_path(root: Path, meta: dict[str, Any]) -> Path:
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in meta["module"])
+    return root / f"{meta['kind']}-{safe}-{key}.pt"
+
+
+def save_cached(path: Path, meta: dict[str, Any], tensor: torch.Tensor, extra: dict[str, Any]) -> None:
+    tensor = tensor.detach().contiguous().cpu()
+    payload = {"meta": meta, "sha256": tensor_sha256(tensor), "tensor": tensor, "extra": extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_cached(path: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]] | None:
+    """The cached tensor if ``path`` holds exactly ``meta`` and intact bytes; else None."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        ok = (
+            isinstance(payload, dict)
+            and payload.get("meta") == meta
+            and tensor_sha256(payload["tensor"]) == payload.get("sha256")
+        )
+    except Exception as exc:
+        log.warning("statistics cache %s unreadable (%s): recomputing", path, exc)
+        return None
+    if not ok:
+        log.warning("statistics cache %s does not match (stale or corrupt): recomputing", path)
+        return None
+    return payload["tensor"], payload.get("extra", {})
+
+
+def _batches(handle, corpus: Corpus, num_tokens: int, seq_len: int, batch_size: int):
+    """Right-padded batches of token ids, length-sorted within windows to limit padding."""
+    tok = handle.tokenizer
+    window: list[list[int]] = []
+    budget = num_tokens
+
+    def flush(window):
+        window.sort(key=len)
+        for i in range(0, len(window), batch_size):
+            yield window[i : i + batch_size]
+
+    for text in corpus.texts(handle, num_tokens, seq_len):
+        ids = tok(text, add_special_tokens=True, truncation=False)["input_ids"][:seq_len]
+        if len(ids) < 2:
+            continue
+        ids = ids[:budget]
+        budget -= len(ids)
+        window.append(ids)
+        if len(window) >= 16 * batch_size:
+            yield from flush(window)
+            window = []
+        if budget <= 0:
+            break
+    if window:
+        yield from flush(window)
+    if budget > 0:
+        log.warning("corpus %s ran out after %d of %d tokens", corpus.identity,
+                    num_tokens - budget, num_tokens)
+
+
+def compute_second_moments(
+    handle,
+    modules: Sequence[str],
+    corpus: Corpus,
+    num_tokens: int,
+    seq_len: int = 256,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    flush_every: int = 32,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """One pass: ``{module: E[k k^T]}`` (CPU, ``dtype``) and the number of tokens seen."""
+    model = handle.model
+    device = handle.input_device
+    sums64: dict[str, torch.Tensor] = {}
+    partial: dict[str, torch.Tensor] = {}
+    count = 0
+    specs = dict.fromkeys(modules, "input")
+    with bar(f"layer statistics ({len(modules)} modules)", num_tokens, "tok") as pbar, \
+            torch.no_grad():
+        for b, seqs in enumerate(_batches(handle, corpus, num_tokens, seq_len, batch_size)):
+            ids, mask = pad_right(seqs, handle.tokenizer.pad_token_id)
+            with capture(model, specs, stop=True) as store:
+                forward(model, ids.to(device), mask.to(device))
+            for name in modules:
+                x = store[name]
+                keep = mask.to(x.device).bool()
+                k = x[keep].float()
+                if name not in partial:
+                    partial[name] = torch.zeros(k.shape[1], k.shape[1], device=k.device)
+                partial[name].addmm_(k.T, k)
+            n = int(mask.sum())
+            count += n
+            pbar.update(n)
+            if (b + 1) % flush_every == 0:
+                _flush(partial, sums64)
+    _flush(partial, sums64)
+    if count == 0:
+        raise EditbenchError(f"stats corpus {corpus.identity}: no text to compute statistics from")
+    out_dtype = DTYPES[dtype]
+    return {name: (s / count).to(out_dtype) for name, s in sums64.items()}, count
+
+
+def _flush(partial: dict[str, torch.Tensor], sums64: dict[str, torch.Tensor]) -> None:
+    for name, p in partial.items():
+        p64 = p.to("cpu", torch.float64)
+        if name in sums64:
+            sums64[name] += p64
+        else:
+            sums64[name] = p64
+        p.zero_()
+
+
+def second_moments(
+    handle,
+    modules: Sequence[str],
+    corpus: Corpus,
+    num_tokens: int,
+    seq_len: int = 256,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    root: Path | None = None,
+    fingerprint: str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Cached ``E[k k^T]`` of each module's input; missing ones computed in one pass.
+
+    Returns the matrices (CPU) and an info dict (cache hits, tokens, seconds).
+    """
+    if dtype not in DTYPES:
+        raise EditbenchError(f"stats_dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    root = root or stats_cache_root()
+    req = StatsRequest(handle.identity, fingerprint or weights_fingerprint(handle.model),
+                       corpus.identity, num_tokens, seq_len, dtype)
+    out: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    for name in modules:
+        meta = req.meta(name)
+        hit = load_cached(cache_path(root, meta), meta)
+        if hit is None:
+            missing.append(name)
+        else:
+            out[name] = hit[0]
+    info: dict[str, Any] = {"cached": sorted(set(modules) - set(missing)), "computed": missing,
+                            "corpus": corpus.identity, "tokens": num_tokens}
+    if missing:
+        t0 = time.perf_counter()
+        computed, count = compute_second_moments(
+            handle, missing, corpus, num_tokens, seq_len, batch_size, dtype
+        )
+        info["seconds"] = round(time.perf_counter() - t0, 2)
+        info["tokens_seen"] = count
+        for name, mat in computed.items():
+            meta = req.meta(name)
+            save_cached(cache_path(root, meta), meta, mat, {"tokens_seen": count})
+            out[name] = mat
+    return out, info

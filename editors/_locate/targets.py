@@ -1,0 +1,237 @@
+"""The target-vector optimisation shared by ROME (delta at one MLP output) and MEMIT /
+AlphaEdit (z at the last edited layer's residual stream).
+
+For every request a vector delta is added to the output of ``insert_module`` at the key
+token of each rewriting prompt (context template + prompt, followed by the target) and of
+the KL prompt "{subject} is a". It minimises
+
+    NLL(target | rewriting prompts) + kl_factor * KL(p_now || p_before) on the KL prompt
+    + v_weight_decay * |delta| / |h0|^2
+
+with Adam, and after every step |delta| is clamped to clamp_norm_factor * |h0| (h0: the
+module's output at the bare prompt). Requests are optimised together in mini-batches, each
+with its own delta; a request stops moving once its loss is below ``v_loss_threshold``
+(per-request early stop, as the originals do one request at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from editbench.api import EditbenchError, EditRequest
+from editbench.tokens import collate_targets, encode_prompt_target, per_sample_mean
+from editors._locate.config import LocateConfig
+from editors._locate.keys import Located, _first_tensor, locate
+
+KL_PROMPT = "{} is a"
+
+
+@dataclass
+class Targets:
+    """Per request: the optimised delta and the module outputs it is added to."""
+
+    delta: torch.Tensor  # [n, d]
+    h_bare: torch.Tensor  # [n, d] output at the key token of the bare prompt (no delta)
+    h_mean: torch.Tensor  # [n, d] mean of that output over the context templates
+    final_loss: list[float]
+    steps: int
+    subject_missing: int
+
+
+def target_text(request: EditRequest, suffix: str) -> tuple[str, bool]:
+    """The optimised continuation and whether EOS is appended."""
+    if suffix == "period":
+        return request.target_new.strip() + ".", False
+    return request.target_new, suffix == "eos"
+
+
+def rewriting_items(tokenizer, request: EditRequest, templates: Sequence[str], cfg: LocateConfig):
+    """(PromptTarget, key position) for every template, plus the KL prompt's Located."""
+    target, eos = target_text(request, cfg.target_suffix)
+    items, positions, missing = [], [], 0
+    for template in templates:
+        text = template.format(request.prompt)
+        loc = locate(tokenizer, text, request.subject, cfg.fact_token)
+        try:
+            pt = encode_prompt_target(tokenizer, text, target, append_eos=eos)
+        except ValueError as exc:
+            raise EditbenchError(f"request {request.case_id!r}: {exc}") from exc
+        if pt.prompt_ids != loc.ids:
+            raise EditbenchError(f"request {request.case_id!r}: prompt tokenization mismatch")
+        items.append(pt)
+        positions.append(loc.position)
+        missing += not loc.subject_found
+    kl = locate(tokenizer, KL_PROMPT.format(request.subject), request.subject, cfg.fact_token)
+    return items, positions, kl, missing
+
+
+class _AddAt:
+    """Forward hook adding ``delta[group[row]]`` to the output at ``(row, position)``."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, group: torch.Tensor) -> None:
+        self.rows, self.cols, self.group = rows, cols, group
+        self.delta: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+
+    def __call__(self, module, args, output):
+        h = _first_tensor(output)
+        dev = h.device
+        rows, cols = self.rows.to(dev), self.cols.to(dev)
+        self.seen = h[rows, cols].detach().float()
+        if self.delta is None:
+            return output
+        values = self.delta.to(dev)[self.group.to(dev)].to(h.dtype)
+        h = h.index_put((rows, cols), values, accumulate=True)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+
+def optimize_targets(
+    handle,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    insert_module: str,
+    cfg: LocateConfig,
+    desc: str = "targets",
+) -> Targets:
+    """Optimise one delta per request at ``insert_module``'s output (see module docstring)."""
+    parts = [
+        _optimize_batch(handle, requests[i : i + cfg.v_batch_size], templates, insert_module, cfg)
+        for i in range(0, len(requests), cfg.v_batch_size)
+    ]
+    return Targets(
+        delta=torch.cat([p.delta for p in parts]),
+        h_bare=torch.cat([p.h_bare for p in parts]),
+        h_mean=torch.cat([p.h_mean for p in parts]),
+        final_loss=[x for p in parts for x in p.final_loss],
+        steps=max(p.steps for p in parts),
+        subject_missing=sum(p.subject_missing for p in parts),
+    )
+
+
+def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfig) -> Targets:
+    tok, model = handle.tokenizer, handle.model
+    n, t = len(requests), len(templates)
+    items, positions, kl_locs, missing = [], [], [], 0
+    for r in requests:
+        its, pos, kl, miss = rewriting_items(tok, r, templates, cfg)
+        items += its
+        positions += pos
+        kl_locs.append(kl)
+        missing += miss
+    batch = collate_targets(items, tok.pad_token_id)
+    # Append the KL rows (prompt only) to the same forward.
+    kl_width = max(len(k.ids) for k in kl_locs)
+    width = max(batch.input_ids.shape[1], kl_width)
+    ids = torch.full((n * t + n, width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[: n * t, : batch.input_ids.shape[1]] = batch.input_ids
+    mask[: n * t, : batch.input_ids.shape[1]] = batch.attention_mask
+    for j, k in enumerate(kl_locs):
+        ids[n * t + j, : len(k.ids)] = torch.tensor(k.ids)
+        mask[n * t + j, : len(k.ids)] = 1
+    rows = torch.arange(n * t + n)
+    cols = torch.tensor(positions + [k.position for k in kl_locs])
+    group = torch.cat([torch.arange(n).repeat_interleave(t), torch.arange(n)])
+    hook = _AddAt(rows, cols, group)
+
+    device = handle.input_device
+    ids, mask = ids.to(device), mask.to(device)
+    module = model.get_submodule(insert_module)
+    head = model.get_output_embeddings()
+    handle_ = module.register_forward_hook(hook)
+    tgt_rows = batch.rows.to(device)
+    tgt_cols = batch.cols.to(device)
+    labels = batch.labels
+    kl_rows = torch.arange(n * t, n * t + n, device=device)
+    kl_cols = torch.tensor([k.position for k in kl_locs], device=device)
+
+    delta: torch.Tensor | None = None
+    opt = None
+    kl_init = h_bare = None
+    active = torch.ones(n, dtype=torch.bool)
+    losses = torch.zeros(n)
+    steps = 0
+    try:
+        for it in range(cfg.v_num_grad_steps):
+            hidden = model.base_model(
+                input_ids=ids, attention_mask=mask, use_cache=False
+            ).last_hidden_state
+            logits = head(hidden[tgt_rows, tgt_cols].to(head.weight.device)).float()
+            nll = nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="none")
+            per_row = per_sample_mean(nll, batch.sample_index, n * t)
+            nll_r = per_row.view(n, t).mean(1)
+            kl_logp = torch.log_softmax(
+                head(hidden[kl_rows, kl_cols].to(head.weight.device)).float(), -1
+            )
+            if delta is None:
+                seen = hook.seen
+                h_bare = seen[: n * t].view(n, t, -1)[:, 0].clone()
+                h_mean = seen[: n * t].view(n, t, -1).mean(1).clone()
+                kl_init = kl_logp.detach()
+                delta = torch.zeros_like(h_bare, requires_grad=True)
+                hook.delta = delta
+                opt = torch.optim.Adam([delta], lr=cfg.v_lr)
+                # delta = 0 in this pass: recompute nothing, the loss is the initial one.
+                kl_r = torch.zeros(n, device=nll_r.device)
+            else:
+                kl_r = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
+            h_norm2 = h_bare.to(delta.device).norm(dim=-1) ** 2
+            wd_r = cfg.v_weight_decay * delta.norm(dim=-1) / h_norm2
+            loss_r = nll_r.to(delta.device) + cfg.kl_factor * kl_r.to(delta.device) + wd_r
+            losses = loss_r.detach().cpu()
+            active &= losses >= cfg.v_loss_threshold
+            if not bool(active.any()) or it == cfg.v_num_grad_steps - 1:
+                break
+            opt.zero_grad(set_to_none=True)
+            loss_r[active.to(loss_r.device)].sum().backward()
+            before = delta.detach().clone()
+            opt.step()
+            steps += 1
+            with torch.no_grad():
+                frozen = (~active).to(delta.device)
+                delta[frozen] = before[frozen]
+                max_norm = cfg.clamp_norm_factor * h_bare.to(delta.device).norm(dim=-1)
+                norms = delta.norm(dim=-1)
+                scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), 1.0)
+                delta.mul_(scale.unsqueeze(-1))
+    finally:
+        handle_.remove()
+    assert delta is not None and h_bare is not None
+    return Targets(
+        delta=delta.detach(),
+        h_bare=h_bare,
+        h_mean=h_mean,
+        final_loss=[round(float(x), 5) for x in losses],
+        steps=steps,
+        subject_missing=missing,
+    )
+
+
+def describe(targets: Targets) -> dict[str, Any]:
+    losses = targets.final_loss
+    return {
+        "v_steps": targets.steps,
+        "v_mean_final_loss": round(sum(losses) / len(losses), 5),
+        "v_max_final_loss": max(losses),
+        "subject_not_found": targets.subject_missing,
+    }
+
+
+def bare_items(tokenizer, requests: Sequence[EditRequest], rule: str) -> list[Located]:
+    return [locate(tokenizer, r.prompt, r.subject, rule) for r in requests]
+
+
+def template_items(
+    tokenizer, requests: Sequence[EditRequest], templates: Sequence[str], rule: str
+) -> list[Located]:
+    """Request-major: ``len(templates)`` consecutive items per request."""
+    return [
+        locate(tokenizer, tpl.format(r.prompt), r.subject, rule)
+        for r in requests
+        for tpl in templates
+    ]
