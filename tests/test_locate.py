@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny
 
+from conftest import CORPUS, make_tiny
 from editbench.api import EditRequest
 from editors._locate.keys import context_templates, locate, read_at
 from editors._locate.solve import (

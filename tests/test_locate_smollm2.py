@@ -13,8 +13,8 @@ import os
 
 import pytest
 import torch
-from conftest import shared_file
 
+from conftest import shared_file
 from editbench.config import load_hparams
 from editbench.data import load_dataset
 from editbench.evaluate import EvalSettings, Evaluator
@@ -78,25 +78,24 @@ def test_rome_single_counterfact_edits(smollm2, smollm2_stats, corpus):
     assert sum(scores) / len(scores) >= 2 / 3, scores
 
 
-@pytest.mark.parametrize("editor_name,step", [
-    pytest.param("memit", 10, marks=pytest.mark.xfail(strict=False, reason=(
-        "measured reliability 0.0 with mom2_update_weight 15000; the hparams now use 100, "
-        "not yet measured"))),
-    pytest.param("alphaedit", 5, marks=pytest.mark.xfail(strict=False, reason=(
-        "measured reliability 0.7 (< 0.8) on these 10 requests with the smollm2 hparams"))),
-])
-def test_batched_zsre_edits(smollm2, smollm2_stats, corpus, editor_name, step):
+def test_alphaedit_batched_zsre_edits(smollm2, smollm2_stats, corpus):
+    """AlphaEdit in steps of 5 on 10 zsRE requests.
+
+    The issue's target (>= 0.8 on 100 requests) is not reached yet on smollm2: 0.7 was
+    measured on these 10 requests, so this guards that level, not the target. MEMIT's
+    smollm2 settings are unmeasured and have no integration test yet (see benchmarks/).
+    """
     data_dir = str(shared_file("zsre", "zsre_3k.json").parents[1])
     requests = load_dataset("zsre-3k", data_dir=data_dir, num=10).requests
     evaluator = Evaluator(smollm2, EvalSettings(protocols=("generation",)))
     baseline = evaluator.baseline(requests)
-    editor = EDITORS.get(editor_name)(smollm2, _config(editor_name, corpus))
+    editor = EDITORS.get("alphaedit")(smollm2, _config("alphaedit", corpus))
     restore = _restore_after(smollm2, editor.edited_parameters())
     try:
-        for start in range(0, len(requests), step):
-            editor.edit(requests[start : start + step])
+        for start in range(0, len(requests), 5):
+            editor.edit(requests[start : start + 5])
         results = evaluator.evaluate(requests, baseline)["generation"]
     finally:
         restore()
-    assert results["reliability"] >= 0.8, results
+    assert results["reliability"] >= 0.6, results
     assert results["locality"] >= 0.5, results
