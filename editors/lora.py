@@ -277,12 +277,13 @@ class LoraEditor(FinetuneEditor):
             self.adapted = {}
 
     def edited_parameters(self) -> list[str]:
-        """Merged: the targeted base weights (their names in the merged model); else none.
+        """The changed base weights as named in the model now: the targets once merged, else none.
 
-        Unmerged, the base weights never change and the adapter travels in
-        :meth:`state_dict`.
+        Before the merge the base weights are untouched (and PEFT has renamed them
+        ``<module>.base_layer.weight``); the adapter travels in :meth:`state_dict`, so a
+        checkpoint taken mid-run stores no base tensor.
         """
-        if not self.config.merge:
+        if not self.merged:
             return []
         return [f"{name}.weight" for name in self.target_names()]
 

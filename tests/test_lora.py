@@ -82,6 +82,8 @@ def test_merged_and_unmerged_outputs_agree(tiny_handle):
     before = {n: p.detach().clone() for n, p in tiny_handle.model.named_parameters()}
     editor = lora(tiny_handle, merge=True)
     editor.edit(REQUESTS)
+    # Mid-run (a checkpoint) the base weights are untouched: nothing to save but the adapter.
+    assert editor.edited_parameters() == []
     through_adapter = logits_of(tiny_handle, REQUESTS)
     editor.finalize()
     merged = logits_of(tiny_handle, REQUESTS)
