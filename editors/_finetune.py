@@ -56,13 +56,17 @@ class FinetuneConfig(EditorConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.modules:
-            raise ValueError("modules: expected at least one module (e.g. 'mlp_down@6')")
+        self.validate_targets()
         for key in ("batch_size", "epochs", "max_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive number, got {self.lr}")
+
+    def validate_targets(self) -> None:
+        """What gets trained; the LoRA editor names its targets with other keys."""
+        if not self.modules:
+            raise ValueError("modules: expected at least one module (e.g. 'mlp_down@6')")
 
 
 def target_loss(model: nn.Module, items: Sequence[PromptTarget], pad_id: int, device) -> torch.Tensor:
@@ -101,12 +105,19 @@ class FinetuneEditor(BaseEditor):
             raise EditbenchError(f"modules {self.module_names} have no parameters to train")
         return params
 
-    # The LoRA editor overrides these two to train adapters instead of weights.
+    # The LoRA editor overrides these hooks to train adapters instead of weights.
     def training_model(self) -> nn.Module:
         return self.handle.model
 
     def trainable(self) -> list[nn.Parameter]:
         return list(self.params.values())
+
+    def regularizer(self) -> torch.Tensor | None:
+        """An extra term added to the loss that is back-propagated (not to the thresholds)."""
+        return None
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step, gradients still in place; ``step`` counts from 1."""
 
     def _encode(self, requests: Sequence[EditRequest]) -> list[PromptTarget]:
         tok = self.handle.tokenizer
@@ -167,9 +178,11 @@ class FinetuneEditor(BaseEditor):
             )
         if value >= self.config.loss_threshold:
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            extra = self.regularizer()
+            (loss if extra is None else loss + extra).backward()
             opt.step()
             self.steps_taken += 1
+            self.after_step(self.steps_taken)
         return value
 
     def _depth_first(self, model, items, params, requests) -> dict[str, Any]:
