@@ -55,6 +55,11 @@ class RunSpec:
     eval_batch_size: int = 32
     overwrite: bool = False
     trust_remote_code: bool = False
+    # --- capability (issue 5) ---
+    capability: str | None = None  # suite name or suite YAML path
+    capability_limit: int | None = None  # caps every capability task's sample
+    capability_data_dir: str | None = None  # folder that `shared:` task data is relative to
+    capability_at_checkpoints: bool = False  # also score capability at eval_every points
 
 
 def seed_everything(seed: int) -> None:
@@ -74,7 +79,7 @@ def default_output(spec: RunSpec) -> Path:
 
 
 def _validate(spec: RunSpec) -> None:
-    for key in ("num_edits", "edits_per_step", "eval_every"):
+    for key in ("num_edits", "edits_per_step", "eval_every", "capability_limit"):
         value = getattr(spec, key)
         if value is not None and value < 1:
             raise EditbenchError(f"--{key.replace('_', '-')}: expected a positive integer, got {value}")
@@ -111,6 +116,14 @@ def run(spec: RunSpec) -> RunDir:
         protocols=tuple(spec.protocols), max_new_tokens=spec.max_new_tokens,
         batch_size=spec.eval_batch_size,
     )
+    # --- capability (issue 5): the suite is read before any model is loaded ---
+    capability = None
+    if spec.capability is not None:
+        from editbench.capability import CapabilitySettings, load_suite
+
+        capability = (load_suite(spec.capability), CapabilitySettings(
+            limit=spec.capability_limit, batch_size=spec.eval_batch_size,
+            data_dir=spec.capability_data_dir))
     out = RunDir(spec.output or default_output(spec))
     out.prepare(overwrite=spec.overwrite)
 
@@ -133,6 +146,13 @@ def run(spec: RunSpec) -> RunDir:
         "git_revision": git_revision(),
         "command": command_line(),
         "spec": asdict(spec),
+        "capability": None if capability is None else {
+            "suite": capability[0].spec.name, "suite_hash": capability[0].content_hash,
+            "tasks": [t.name for t in capability[0].tasks], "settings": capability[1].key(),
+            "timing": "pre-edit before the first edit (cached per weights, suite and settings), "
+                      "post-edit after the last step"
+                      + (" and at every curve point" if spec.capability_at_checkpoints else ""),
+        },
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.write_config(run_config)
@@ -142,6 +162,15 @@ def run(spec: RunSpec) -> RunDir:
     t0 = time.perf_counter()
     baseline = evaluator.baseline(requests)
     baseline_time = time.perf_counter() - t0
+
+    # --- capability (issue 5): pre-edit score, before the first edit ---
+    capability_pre, capability_time, capability_cached = None, 0.0, False
+    if capability is not None:
+        from editbench.capability import cached_pre_edit
+
+        t0 = time.perf_counter()
+        capability_pre, capability_cached = cached_pre_edit(handle, *capability)
+        capability_time += time.perf_counter() - t0
 
     curve = out.stream("curve.jsonl").open() if spec.eval_every else None
     edit_time, eval_time, step_infos = 0.0, 0.0, []
@@ -163,6 +192,8 @@ def run(spec: RunSpec) -> RunDir:
                 t0 = time.perf_counter()
                 point = evaluator.evaluate(requests[:done], baseline, desc=f"evaluate@{done}")
                 eval_time += time.perf_counter() - t0
+                if capability is not None and spec.capability_at_checkpoints:
+                    point = {**point, "capability": _capability_now(handle, capability, capability_pre, done)}
                 curve.write({"edits": done, "edit_time_s": edit_time, "results": point})
 
         editor.finalize()
@@ -172,7 +203,15 @@ def run(spec: RunSpec) -> RunDir:
         final_eval = time.perf_counter() - t0
         eval_time += final_eval
         cases.commit()
+        # --- capability (issue 5): post-edit score, after the last step ---
+        capability_result = None
+        if capability is not None:
+            t0 = time.perf_counter()
+            capability_result = _capability_now(handle, capability, capability_pre, total)
+            capability_time += time.perf_counter() - t0
         if curve is not None:
+            if capability_result is not None and spec.capability_at_checkpoints:
+                results = {**results, "capability": capability_result}
             curve.write({"edits": total, "edit_time_s": edit_time, "results": results})
             curve.commit()
     finally:
@@ -180,7 +219,7 @@ def run(spec: RunSpec) -> RunDir:
             curve.close()
 
     metrics = {
-        "results": {**results, "capability": None},
+        "results": {**results, "capability": capability_result},
         "num_edits": total,
         "edits_per_step": step,
         "edit_time_s": round(edit_time, 3),
@@ -189,7 +228,18 @@ def run(spec: RunSpec) -> RunDir:
         "final_eval_time_s": round(final_eval, 3),
         "baseline_time_s": round(baseline_time, 3),
         "steps": step_infos,
+        **({"capability_time_s": round(capability_time, 3), "capability_pre_cached": capability_cached}
+           if capability is not None else {}),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.write_metrics(metrics)
     return out
+
+
+def _capability_now(handle, capability, pre: dict[str, Any], edits: int) -> dict[str, Any]:
+    """The suite scored on the model as it is now, compared with the pre-edit score."""
+    from editbench.capability import compare, evaluate_suite
+
+    suite, settings = capability
+    post = evaluate_suite(handle, suite, settings, desc=f"capability@{edits}")
+    return {**compare(pre, post), "time_s": post["time_s"]}

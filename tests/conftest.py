@@ -15,7 +15,8 @@ import torch
 os.environ.setdefault("EDITBENCH_PROGRESS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# EDITBENCH_SHARED_DATA points a worktree that is not beside ../shared at the shared data.
+SHARED_DATA = Path(os.environ.get("EDITBENCH_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 CORPUS = [
     "The capital of France is Paris.",
