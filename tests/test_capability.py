@@ -341,3 +341,63 @@ def test_lm_eval_backend_error_is_one_line(tmp_path, tiny_llama):
     with pytest.raises(EditbenchError) as info:
         evaluate_suite(tiny_llama, suite)
     assert "no_such_task_xyz" in str(info.value) and "\n" not in str(info.value)
+
+
+# --- integration: the real smollm2-135m (small limits; full-size numbers in benchmarks/) ---
+
+
+@pytest.mark.integration
+def test_default_and_shared_suites_on_smollm2(smollm2):
+    default = evaluate_suite(smollm2, load_suite("default"), CapabilitySettings(limit=12))
+    assert {t["n"] for t in default["tasks"].values()} == {12}
+    assert default["score"] > default["chance"] + 0.2, default
+    data = shared_file("capability", "bigbench_general_knowledge.jsonl").parents[1]
+    shared = evaluate_suite(smollm2, load_suite("shared"), CapabilitySettings(limit=12, data_dir=str(data)))
+    tasks = shared["tasks"]
+    assert tasks["sst2"]["chance"] == 0.5 and tasks["mmlu_subset"]["chance"] == 0.25
+    assert tasks["bb_date_understanding"]["chance"] == pytest.approx(1 / 6)
+    assert 5 < tasks["wiki_perplexity"]["perplexity"] < 200
+    assert tasks["bb_general_knowledge"]["score"] > tasks["bb_general_knowledge"]["chance"] + 0.2
+
+
+@pytest.mark.integration
+def test_cli_run_reports_capability_pre_post_delta(smollm2, tmp_path, monkeypatch, capsys):
+    import editbench.capability.evaluate as cap_eval
+    from editbench.cli import main
+
+    # a fresh capability cache (the model cache stays where the converted model is)
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(cap_eval, "cache_dir", lambda *parts: tmp_path / "cache")
+    args = ["run", "--editor", "locft_bf", "--num-edits", "4", "--capability", "default",
+            "--capability-limit", "6", "--device", "cpu"]
+    assert main([*args, "--output", str(tmp_path / "r1")]) == 0
+    metrics = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+    cap = metrics["results"]["capability"]
+    assert cap["suite"] == "default"
+    assert cap["delta"] == pytest.approx(cap["post"] - cap["pre"])
+    assert set(cap["tasks"]) == {"default_knowledge", "default_sentiment", "default_arithmetic", "default_text"}
+    assert all({"pre", "post", "chance", "n"} <= set(t) for t in cap["tasks"].values())
+    assert all(0 <= t["pre"] <= 1 and 0 <= t["post"] <= 1 for t in cap["tasks"].values())
+    assert metrics["capability_pre_cached"] is False
+    config = json.loads((tmp_path / "r1" / "config.json").read_text())
+    assert config["capability"]["settings"] == {"limit": 6}
+    assert "capability (default): pre" in capsys.readouterr().out
+    # the second run on the same weights, suite and settings takes pre-edit from the cache
+    assert main([*args, "--output", str(tmp_path / "r2")]) == 0
+    again = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    assert again["capability_pre_cached"] is True
+    assert again["results"]["capability"]["pre"] == cap["pre"]
+
+
+def test_paper_suite_offline_fails_with_one_line(tiny_llama, monkeypatch):
+    pytest.importorskip("lm_eval")
+    import huggingface_hub.constants
+
+    import datasets
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(EditbenchError) as info:
+        evaluate_suite(tiny_llama, load_suite("paper"), CapabilitySettings(limit=2))
+    message = str(info.value)
+    assert "paper_mmlu" in message and "reachable" in message and "\n" not in message

@@ -79,15 +79,15 @@ def option_scores(
     """Log-likelihood of every option of every item.
 
     ``share_prompt`` (default): each prompt goes through the model once; its KV cache is
-    then repeated for its options, which only run their own tokens (``batch_size`` prompts
-    per batch, grouped by length). Otherwise every (prompt, option) pair is one sequence
-    (``batch_size`` sequences per batch). Both give the same numbers up to float rounding.
+    then repeated for its options, which only run their own tokens. Otherwise every
+    (prompt, option) pair is one sequence. Either way a batch holds at most ``batch_size``
+    (prompt, option) rows (and at least one prompt), grouped by length, and both give the
+    same numbers up to float rounding.
     """
     encoded = _encode_items(handle.tokenizer, items)
     out: list[list[OptionScore]] = [[] for _ in items]
     if share_prompt:
-        order = length_batches([len(e[0].prompt_ids) for e in encoded], batch_size)
-        for batch in order:
+        for batch in _pack(encoded, batch_size):
             sums = _shared_prompt_logprobs(handle, [encoded[i] for i in batch])
             for i, values in zip(batch, sums, strict=True):
                 out[i] = [
@@ -105,6 +105,20 @@ def option_scores(
             scores[i][j] = OptionScore(float(sums[row]), len(pieces[row].target_ids),
                                        len(items[i].options[j].strip()))
     return scores  # type: ignore[return-value]
+
+
+def _pack(encoded: Sequence[Sequence[PromptTarget]], rows: int) -> list[list[int]]:
+    """Prompts grouped by length (longest first) so a batch holds at most ``rows`` options."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0].prompt_ids))
+    batches: list[list[int]] = []
+    used = rows
+    for i in order:
+        if used + len(encoded[i]) > rows:
+            batches.append([])
+            used = 0
+        batches[-1].append(i)
+        used += len(encoded[i])
+    return batches
 
 
 def _shared_prompt_logprobs(handle, group: Sequence[Sequence[PromptTarget]]) -> list[list[float]]:
