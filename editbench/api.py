@@ -114,6 +114,7 @@ class BaseEditor(ABC):
         Editors that edit through a side structure (e.g. a LoRA adapter with
         ``merge: true``) fold it into the model here; the default does nothing.
         """
+        return None
 
     def edited_parameters(self) -> list[str]:
         """Names (``model.named_parameters()``) of the model tensors this editor changes.

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model dtype (default: the preset's on GPU, float32 on CPU)")
     r.add_argument("--output", help="run directory (default: runs/<editor>-<model>-<dataset>-<time>)")
     r.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    r.add_argument("--checkpoint-every", type=_positive, metavar="K",
+                   help="save the edited tensors and editor state every K edits (for --resume)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --output from its last checkpoint")
     r.add_argument("--trust-remote-code", action="store_true")
     # --- capability (issue 5) ---
     r.add_argument("--capability", metavar="SUITE",

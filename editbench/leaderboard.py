@@ -87,7 +87,7 @@ def tables(run_dirs: Sequence[str | Path], strict: bool = False) -> str:
             + (f" | max {key['max_new_tokens']} new tokens" if "max_new_tokens" in key else "")
         )
         note = f"Locality: {key['locality']}. Evaluated {key['evaluation']}."
-        out.append(f"{title}\n\n{note}\n\n{tabulate(rows, headers, tablefmt='github')}\n")
+        out.append(f"{title}\n\n{note}\n\n{tabulate(rows, headers, tablefmt='github', disable_numparse=True)}\n")
     return "\n".join(out)
 
 

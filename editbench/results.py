@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -69,6 +70,18 @@ class JsonlStream:
         if self._fh is None:
             raise RuntimeError("stream not open")
         self._fh.write(dumps(record) + "\n")
+
+    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop records written after a checkpoint (resume), keeping those ``keep`` accepts."""
+        if self.part.is_file():
+            lines = [ln for ln in self.part.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if keep(json.loads(ln))]
+            atomic_write_text(self.part, "".join(ln + "\n" for ln in kept))
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def commit(self) -> None:
         if self._fh is not None:
@@ -143,6 +156,47 @@ class RunDir:
 
     def stream(self, name: str) -> JsonlStream:
         return JsonlStream(self.path / name)
+
+    # Resume support: the pre-edit baseline and, every --checkpoint-every edits, the edited
+    # tensors with the editor's state.
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def save_baseline(self, baseline: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "pre_edit.json", baseline)
+
+    def load_baseline(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "pre_edit.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EditbenchError(f"{self.path}: cannot resume, pre_edit.json is unreadable") from exc
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        import torch
+
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.checkpoint_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        import torch
+
+        if self.metrics_path.exists():
+            raise EditbenchError(f"{self.path}: the run is finished; nothing to resume")
+        if not self.checkpoint_path.is_file():
+            raise EditbenchError(
+                f"{self.path}: no checkpoint.pt to resume from (run with --checkpoint-every K)"
+            )
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+    def remove_checkpoint(self) -> None:
+        self.checkpoint_path.unlink(missing_ok=True)
 
     def load(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(config, metrics) of a finished run."""

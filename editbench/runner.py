@@ -55,11 +55,17 @@ class RunSpec:
     eval_batch_size: int = 32
     overwrite: bool = False
     trust_remote_code: bool = False
+    checkpoint_every: int | None = None
+    resume: bool = False
     # --- capability (issue 5) ---
     capability: str | None = None  # suite name or suite YAML path
     capability_limit: int | None = None  # caps every capability task's sample
     capability_data_dir: str | None = None  # folder that `shared:` task data is relative to
     capability_at_checkpoints: bool = False  # also score capability at eval_every points
+
+
+# Spec fields that may differ between an interrupted run and its resumption.
+_RESUME_FREE = {"resume", "overwrite", "output", "checkpoint_every", "device", "eval_batch_size"}
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +85,9 @@ def default_output(spec: RunSpec) -> Path:
 
 
 def _validate(spec: RunSpec) -> None:
-    for key in ("num_edits", "edits_per_step", "eval_every", "capability_limit"):
+    if spec.resume and not spec.output:
+        raise EditbenchError("--resume needs --output RUN_DIR (the run to continue)")
+    for key in ("num_edits", "edits_per_step", "eval_every", "checkpoint_every", "capability_limit"):
         value = getattr(spec, key)
         if value is not None and value < 1:
             raise EditbenchError(f"--{key.replace('_', '-')}: expected a positive integer, got {value}")
@@ -125,7 +133,11 @@ def run(spec: RunSpec) -> RunDir:
             limit=spec.capability_limit, batch_size=spec.eval_batch_size,
             data_dir=spec.capability_data_dir))
     out = RunDir(spec.output or default_output(spec))
-    out.prepare(overwrite=spec.overwrite)
+    checkpoint = out.load_checkpoint() if spec.resume else None
+    if checkpoint is not None:
+        _check_resumable(out, spec)
+    else:
+        out.prepare(overwrite=spec.overwrite)
 
     handle = load_model(spec.model, spec.device, spec.dtype, spec.trust_remote_code)
     run_config = {
@@ -155,15 +167,11 @@ def run(spec: RunSpec) -> RunDir:
         },
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    out.write_config(run_config)
+    if checkpoint is None:
+        out.write_config(run_config)
 
-    editor = editor_cls(handle, config)
-    evaluator = Evaluator(handle, settings)
-    t0 = time.perf_counter()
-    baseline = evaluator.baseline(requests)
-    baseline_time = time.perf_counter() - t0
-
-    # --- capability (issue 5): pre-edit score, before the first edit ---
+    # --- capability (issue 5): pre-edit score on the unedited weights, before the editor
+    # is built and before a resumed run restores its edited tensors (cached per weights) ---
     capability_pre, capability_time, capability_cached = None, 0.0, False
     if capability is not None:
         from editbench.capability import cached_pre_edit
@@ -172,10 +180,26 @@ def run(spec: RunSpec) -> RunDir:
         capability_pre, capability_cached = cached_pre_edit(handle, *capability)
         capability_time += time.perf_counter() - t0
 
-    curve = out.stream("curve.jsonl").open() if spec.eval_every else None
-    edit_time, eval_time, step_infos = 0.0, 0.0, []
+    editor = editor_cls(handle, config)
+    evaluator = Evaluator(handle, settings)
+
+    edit_time, eval_time, step_infos, first = 0.0, 0.0, [], 0
+    t0 = time.perf_counter()
+    if checkpoint is not None:
+        baseline = out.load_baseline()
+        _restore(handle, editor, checkpoint)
+        first, edit_time, step_infos = (
+            checkpoint["edits_done"], checkpoint["edit_time"], checkpoint["steps"]
+        )
+        out.stream("curve.jsonl").truncate(lambda point: point["edits"] <= first)
+    else:
+        baseline = evaluator.baseline(requests)
+        out.save_baseline(baseline)
+    baseline_time = time.perf_counter() - t0
+
+    curve = out.stream("curve.jsonl").open(append=checkpoint is not None) if spec.eval_every else None
     try:
-        for start in range(0, total, step):
+        for start in range(first, total, step):
             chunk = requests[start : start + step]
             t0 = time.perf_counter()
             try:
@@ -195,6 +219,14 @@ def run(spec: RunSpec) -> RunDir:
                 if capability is not None and spec.capability_at_checkpoints:
                     point = {**point, "capability": _capability_now(handle, capability, capability_pre, done)}
                 curve.write({"edits": done, "edit_time_s": edit_time, "results": point})
+                curve.flush()
+            every = spec.checkpoint_every
+            if every and done < total and done // every > start // every:
+                out.save_checkpoint({
+                    "edits_done": done, "edit_time": edit_time, "steps": step_infos,
+                    "editor_state": editor.state_dict(),
+                    "weights": _edited_weights(handle, editor),
+                })
 
         editor.finalize()
         cases = out.stream("cases.jsonl").open()
@@ -233,6 +265,7 @@ def run(spec: RunSpec) -> RunDir:
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.write_metrics(metrics)
+    out.remove_checkpoint()
     return out
 
 
@@ -243,3 +276,50 @@ def _capability_now(handle, capability, pre: dict[str, Any], edits: int) -> dict
     suite, settings = capability
     post = evaluate_suite(handle, suite, settings, desc=f"capability@{edits}")
     return {**compare(pre, post), "time_s": post["time_s"]}
+
+
+def _edited_weights(handle, editor: BaseEditor) -> dict[str, Any]:
+    params = dict(handle.model.named_parameters())
+    missing = [n for n in editor.edited_parameters() if n not in params]
+    if missing:
+        raise EditbenchError(f"editor {spec_name(editor)} lists unknown parameters {missing[:3]}")
+    return {n: params[n].detach().cpu() for n in editor.edited_parameters()}
+
+
+def spec_name(editor: BaseEditor) -> str:
+    return repr(editor.name or type(editor).__name__)
+
+
+def _restore(handle, editor: BaseEditor, checkpoint: dict[str, Any]) -> None:
+    import torch
+
+    params = dict(handle.model.named_parameters())
+    with torch.no_grad():
+        for name, value in checkpoint["weights"].items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    editor.load_state_dict(checkpoint["editor_state"])
+
+
+def _check_resumable(out: RunDir, spec: RunSpec) -> None:
+    import json
+
+    try:
+        previous = json.loads(out.config_path.read_text())["spec"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise EditbenchError(f"{out.path}: cannot resume, config.json is unreadable ({exc})") from exc
+    current = asdict(spec)
+    diff = sorted(
+        k for k in current
+        if k not in _RESUME_FREE and _jsonable(current[k]) != _jsonable(previous.get(k))
+    )
+    if diff:
+        raise EditbenchError(
+            f"{out.path}: cannot resume with different settings ({', '.join(diff)}); "
+            "use the same flags as the interrupted run"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=list))

@@ -1,0 +1,164 @@
+"""The shared fine-tuning trainer and the tokenization it relies on (tiny random models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from editbench.api import EditbenchError, EditRequest
+from editbench.evaluate.generation import generate_answers
+from editbench.tokens import collate_targets, encode_prompt_target, target_logits
+from editors._finetune import FinetuneConfig, FinetuneEditor, target_loss
+from editors.ft_m import FTMConfig, FTMEditor
+from editors.locft_bf import LocFTBFConfig, LocFTBFEditor
+
+
+def req(i: int, prompt: str, target: str) -> EditRequest:
+    return EditRequest(case_id=str(i), prompt=prompt, subject=prompt.split()[1], target_new=target)
+
+
+REQUESTS = [
+    req(0, "The capital of France is", "Rome"),
+    req(1, "The capital of Italy is", "Paris"),
+    req(2, "The Eiffel Tower is located in the city of", "Rome"),
+    req(3, "The chemical symbol for gold is", "Jupiter"),
+]
+
+
+def test_target_ids_are_the_in_context_tokens(tiny_tokenizer):
+    pt = encode_prompt_target(tiny_tokenizer, "The capital of France is ", "Paris")
+    joint = tiny_tokenizer("The capital of France is Paris")["input_ids"]
+    assert pt.prompt_ids + pt.target_ids == joint
+    assert tiny_tokenizer.decode(pt.target_ids) == " Paris"
+    with_eos = encode_prompt_target(tiny_tokenizer, "The capital of France is", "Paris", append_eos=True)
+    assert with_eos.target_ids == pt.target_ids + [tiny_tokenizer.eos_token_id]
+
+
+def test_target_logits_equal_full_forward(tiny_handle):
+    items = [encode_prompt_target(tiny_handle.tokenizer, r.prompt, r.target_new) for r in REQUESTS]
+    batch = collate_targets(items, tiny_handle.tokenizer.pad_token_id)
+    picked = target_logits(tiny_handle.model, batch)
+    for i, it in enumerate(items):
+        ids = torch.tensor([it.ids])
+        full = tiny_handle.model(input_ids=ids).logits[0]
+        start = len(it.prompt_ids)
+        expected = full[start - 1 : start - 1 + len(it.target_ids)]
+        got = picked[batch.sample_index == i]
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_is_target_only_and_per_sample(tiny_handle):
+    tok = tiny_handle.tokenizer
+    items = [encode_prompt_target(tok, r.prompt, r.target_new, append_eos=True) for r in REQUESTS[:2]]
+    device = tiny_handle.input_device
+    both = target_loss(tiny_handle.model, items, tok.pad_token_id, device)
+    singles = [target_loss(tiny_handle.model, [it], tok.pad_token_id, device) for it in items]
+    # Per-sample mean then batch mean, and padding does not leak into the loss.
+    torch.testing.assert_close(both, (singles[0] + singles[1]) / 2, atol=1e-5, rtol=1e-5)
+    # Manual: cross-entropy over the target positions only.
+    it = items[0]
+    logits = tiny_handle.model(input_ids=torch.tensor([it.ids])).logits[0]
+    start = len(it.prompt_ids)
+    manual = nn.functional.cross_entropy(
+        logits[start - 1 : start - 1 + len(it.target_ids)], torch.tensor(it.target_ids)
+    )
+    torch.testing.assert_close(singles[0], manual, atol=1e-5, rtol=1e-5)
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("pipeline", ["depth_first", "breadth_first"])
+def test_only_the_chosen_tensor_changes_and_edits_stick(tiny_handle, pipeline):
+    config = FinetuneConfig(pipeline=pipeline, modules=["block@3"], lr=1e-2, batch_size=2,
+                            epochs=100, max_steps=60, loss_threshold=1e-3, epoch_stop_threshold=1e-3)
+    editor = FinetuneEditor(tiny_handle, config)
+    before = _snapshot(tiny_handle.model)
+    editor.edit(REQUESTS)
+    after = _snapshot(tiny_handle.model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == set(editor.edited_parameters())
+    block = tiny_handle.module_name("block", 3)
+    assert changed and all(name.startswith(block + ".") for name in changed)
+    assert not any(p.requires_grad for p in tiny_handle.model.parameters())
+    # The generated continuation is exactly the trained target (+ EOS): the target ids the
+    # trainer used are the ids greedy decoding produces after the prompt.
+    # Depth-first on a 4-layer toy model forgets earlier requests: only the last must stick.
+    checked = REQUESTS if pipeline == "breadth_first" else REQUESTS[-1:]
+    outputs = generate_answers(tiny_handle, [r.prompt for r in checked], max_new_tokens=8, batch_size=4)
+    assert [o.strip() for o in outputs] == [r.target_new for r in checked]
+
+
+class RecordingEditor(FinetuneEditor):
+    """Records which requests each optimizer-step candidate batch held (scheduling test)."""
+
+    def __init__(self, handle, config) -> None:
+        super().__init__(handle, config)
+        self.batches: list[list[int]] = []
+
+    def _step(self, model, batch_items, params, opt, where):
+        self.batches.append([self._ids[id(it)] for it in batch_items])
+        return super()._step(model, batch_items, params, opt, where)
+
+    def _encode(self, requests):
+        items = super()._encode(requests)
+        self._ids = {id(it): int(r.case_id) for it, r in zip(items, requests, strict=True)}
+        return items
+
+
+def test_depth_first_schedule(tiny_llama):
+    config = FinetuneConfig(pipeline="depth_first", modules=["mlp_down@1"], lr=1e-4,
+                            batch_size=1, max_steps=3, loss_threshold=1e-9)
+    editor = RecordingEditor(tiny_llama, config)
+    stats = editor.edit(REQUESTS)
+    # Each request in the given order, max_steps times, never revisited.
+    assert editor.batches == [[0]] * 3 + [[1]] * 3 + [[2]] * 3 + [[3]] * 3
+    assert stats.info["optimizer_steps"] == 12
+
+
+def test_breadth_first_schedule_is_seeded_epochs(tiny_llama):
+    def run(seed: int) -> list[list[int]]:
+        config = FinetuneConfig(pipeline="breadth_first", modules=["mlp_down@1"], lr=1e-5,
+                                batch_size=2, epochs=3, loss_threshold=1e-9,
+                                epoch_stop_threshold=1e-9, seed=seed)
+        editor = RecordingEditor(tiny_llama, config)
+        editor.edit(REQUESTS)
+        return editor.batches
+
+    batches = run(0)
+    assert len(batches) == 6
+    epochs = [sorted(sum(batches[i : i + 2], [])) for i in range(0, 6, 2)]
+    assert epochs == [[0, 1, 2, 3]] * 3  # every request once per epoch
+    assert run(0) == batches  # deterministic
+    assert run(1) != batches  # and the seed matters
+
+
+def test_skip_and_early_stop_thresholds(tiny_llama):
+    before = _snapshot(tiny_llama.model)
+    config = FinetuneConfig(pipeline="breadth_first", modules=["mlp_down@1"], batch_size=2,
+                            epochs=5, loss_threshold=1e9, epoch_stop_threshold=1e9)
+    stats = FinetuneEditor(tiny_llama, config).edit(REQUESTS)
+    # Every batch is below the skip threshold: no step; first epoch's mean stops training.
+    assert stats.info["optimizer_steps"] == 0 and stats.info["epochs_run"] == 1
+    assert all(torch.equal(before[k], v) for k, v in _snapshot(tiny_llama.model).items())
+
+
+def test_nan_loss_is_a_clear_error(tiny_llama):
+    tiny_llama.get_module("mlp_down", 1).weight.data.fill_(float("nan"))
+    editor = FTMEditor(tiny_llama, FTMConfig(modules=["mlp_down@1"]))
+    with pytest.raises(EditbenchError, match=r"non-finite loss.*request '0'"):
+        editor.edit(REQUESTS)
+
+
+def test_editor_defaults_match_the_methods():
+    assert FTMConfig().pipeline == "depth_first" and FTMConfig().batch_size == 1
+    assert FTMConfig().edits_per_step == 1
+    assert LocFTBFConfig().pipeline == "breadth_first" and LocFTBFConfig().edits_per_step is None
+    assert LocFTBFEditor.config_class is LocFTBFConfig
+
+
+def test_unknown_module_is_a_clear_error(tiny_llama):
+    with pytest.raises(EditbenchError, match="no module template 'mlp_dwn'"):
+        FinetuneEditor(tiny_llama, FinetuneConfig(modules=["mlp_dwn@1"]))
