@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, make_tiny, shared_file
 
+from conftest import SHARED_DATA, make_tiny, shared_file
 from editbench.api import EditbenchError
 from editbench.capability import (
     CapabilitySettings,
