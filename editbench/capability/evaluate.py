@@ -83,7 +83,10 @@ def choice_item(task: TaskSpec, record: dict[str, Any], where: str) -> tuple[lis
             )
     else:
         options = list(task.choices or [])
-    answer = _field(task, record, task.answer_key or "", where)
+    if task.answer_key is None:
+        raise EditbenchError(f"capability task {task.name!r}: 'answer_key' is needed unless "
+                             f"{task.choices_key!r} holds BIG-bench target_scores")
+    answer = _field(task, record, task.answer_key, where)
     if isinstance(answer, str) and answer in task.label_map:
         answer = task.label_map[answer]
     if isinstance(answer, bool) or not isinstance(answer, int | str):
@@ -100,7 +103,7 @@ def choice_item(task: TaskSpec, record: dict[str, Any], where: str) -> tuple[lis
 
 
 def gold_answers(task: TaskSpec, record: dict[str, Any], where: str) -> list[str]:
-    value = _field(task, record, task.answer_key or "", where)
+    value = _field(task, record, task.answer_key or "answer", where)
     values = value if isinstance(value, list) else [value]
     if not values or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
         raise EditbenchError(f"capability task {task.name!r}, {where}: answer must be a string or a list of strings")
