@@ -406,3 +406,48 @@ def test_paper_suite_offline_fails_with_one_line(tiny_llama, monkeypatch):
         evaluate_suite(tiny_llama, load_suite("paper"), CapabilitySettings(limit=2))
     message = str(info.value)
     assert "paper_mmlu" in message and "reachable" in message and "\n" not in message
+
+
+def test_cli_capability_on_a_tiny_model_saved_to_disk(tmp_path, tiny_tokenizer, monkeypatch, capsys):
+    """`run --capability` (pre, post and curve points) and `capability`, end to end."""
+    from editbench.cli import main
+
+    monkeypatch.setenv("EDITBENCH_CACHE", str(tmp_path / "cache"))
+    handle = make_tiny("llama", tiny_tokenizer)
+    model_dir = tmp_path / "tiny-llama"
+    handle.model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    facts = [{"case_id": i, "prompt": p, "subject": s, "target_new": t, "ground_truth": "x"}
+             for i, (p, s, t) in enumerate([("The capital of France is", "France", "Rome"),
+                                            ("The capital of Italy is", "Italy", "Paris")])]
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    (tmp_path / "h.yaml").write_text("modules: [block@3]\nlr: 1.0e-2\nbatch_size: 1\nepochs: 20\n")
+    (tmp_path / "suite").mkdir()
+    suite = _tiny_suite(tmp_path / "suite")
+    code = main(["run", "--editor", "locft_bf", "--model", str(model_dir), "--hparams", str(tmp_path / "h.yaml"),
+                 "--dataset", str(tmp_path / "facts.json"), "--device", "cpu", "--edits-per-step", "1",
+                 "--eval-every", "1", "--max-new-tokens", "4", "--capability", str(suite),
+                 "--capability-limit", "4", "--capability-at-checkpoints", "--output", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    cap = metrics["results"]["capability"]
+    assert cap["suite"] == "suite" and set(cap["tasks"]) == {"mc", "bb", "qa", "txt"}
+    assert cap["tasks"]["mc"]["n"] == 4 and cap["tasks"]["bb"]["chance"] == pytest.approx(1 / 3)
+    assert cap["delta"] == pytest.approx(cap["post"] - cap["pre"])
+    assert cap["tasks"]["txt"]["perplexity_pre"] != cap["tasks"]["txt"]["perplexity_post"]  # edited
+    curve = [json.loads(line) for line in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
+    assert [p["edits"] for p in curve] == [1, 2]
+    assert all(p["results"]["capability"]["pre"] == cap["pre"] for p in curve)
+    assert curve[-1]["results"]["capability"]["post"] == cap["post"]
+    assert "capability (suite): pre" in capsys.readouterr().out
+
+    # the unedited model through `editbench capability`: the pre-edit entry is in the cache
+    out = tmp_path / "cap.json"
+    assert main(["capability", "--model", str(model_dir), "--suite", str(suite), "--limit", "4",
+                 "--device", "cpu", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["from_cache"] is True and result["score"] == pytest.approx(cap["pre"])
+    printed = capsys.readouterr().out
+    assert "txt" in printed and "(not in mean)" in printed and "[cached]" in printed
+    assert main(["list", "suites"]) == 0
+    assert "paper" in capsys.readouterr().out
