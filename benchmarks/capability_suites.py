@@ -20,27 +20,11 @@ import time
 os.environ.setdefault("EDITBENCH_PROGRESS", "0")
 
 
-def _choice_items(suite, task, settings):
-    from editbench.capability.evaluate import _render, choice_item
-    from editbench.capability.scoring import ChoiceItem
-    from editbench.capability.spec import read_records, split
-
-    records, _ = read_records(task, suite.task_files[task.name], settings.data_dir)
-    shots, chosen = split(len(records), task, settings.limit)
-    prefix = "".join(
-        _render(task, records[i], "").rstrip() + " "
-        + (lambda oc: oc[0][oc[1][0]])(choice_item(task, records[i], "")).strip()
-        + task.fewshot_separator
-        for i in shots
-    )
-    return [ChoiceItem(prefix + _render(task, records[i], ""), *choice_item(task, records[i], ""))
-            for i in chosen]
-
-
 def main() -> None:
     import torch
 
     from editbench.capability import CapabilitySettings, evaluate_suite, load_suite
+    from editbench.capability.evaluate import prepare_task
     from editbench.capability.scoring import score_choices
     from editbench.models import load_model
 
@@ -75,7 +59,7 @@ def main() -> None:
             for task in suite.tasks:
                 if task.kind != "multiple_choice":
                     continue
-                items = _choice_items(suite, task, settings)
+                items = prepare_task(task, suite.task_files[task.name], settings)["items"]
                 timing = {}
                 for share in (True, False):
                     t1 = time.perf_counter()

@@ -274,6 +274,19 @@ def test_suite_on_tiny_model_and_pre_edit_cache(tmp_path, tiny_llama, monkeypatc
     assert set(cmp["tasks"]["mc"]) == {"pre", "post", "chance", "n"}
 
 
+def test_jsonl_records_may_hold_unicode_line_separators(tmp_path):
+    """MMLU has a question with U+2028 in it: str.splitlines would cut that record in two."""
+    from editbench.capability.spec import read_records
+
+    rows = [{"text": "first\u2028still first\x85and\x1cmore"}, {"text": "second"}]
+    data = _write(tmp_path / "t.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    task, path = load_task(str(_write(tmp_path / "t.yaml", "kind: perplexity\ndata: t.jsonl\n")))
+    assert read_records(task, path, None)[0] == rows
+    data.write_text('{"text": "ok"}\n{"text": broken}\n')
+    with pytest.raises(EditbenchError, match=r"t.jsonl: line 2 is not valid JSON"):
+        read_records(task, path, None)
+
+
 def test_shared_paths_resolve_against_the_data_dir(tmp_path, tiny_llama, monkeypatch):
     monkeypatch.delenv("EDITBENCH_CAPABILITY_DATA_DIR", raising=False)
     monkeypatch.delenv("EDITBENCH_DATA_DIR", raising=False)

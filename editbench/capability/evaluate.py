@@ -117,46 +117,62 @@ def _target_text(task: TaskSpec, record: dict[str, Any], where: str) -> str:
     return gold_answers(task, record, where)[0]
 
 
-def run_task(handle, task: TaskSpec, task_file: Path, settings: CapabilitySettings) -> dict[str, Any]:
-    """Score one built-in task; returns score, chance, n and timings."""
+def prepare_task(task: TaskSpec, task_file: Path, settings: CapabilitySettings) -> dict[str, Any]:
+    """Read a task's records and build every prompt: all data errors surface here, before
+    any model time is spent."""
     records, source = read_records(task, task_file, settings.data_dir)
     shots, chosen = split(len(records), task, settings.limit)
-    where = [f"record {i} of {source}" for i in range(len(records))]
+    where = {i: f"record {i} of {source}" for i in (*shots, *chosen)}
     prefix = "".join(
         _render(task, records[i], where[i]).rstrip() + " " + _target_text(task, records[i], where[i]).strip()
         + task.fewshot_separator
         for i in shots
     )
-    t0 = time.perf_counter()
-    out: dict[str, Any] = {"kind": task.kind, "n": len(chosen), "num_fewshot": len(shots)}
+    prepared: dict[str, Any] = {"n": len(chosen), "num_fewshot": len(shots)}
     if task.kind == "multiple_choice":
-        items = []
-        for i in chosen:
-            options, correct = choice_item(task, records[i], where[i])
-            items.append(scoring.ChoiceItem(prefix + _render(task, records[i], where[i]), options, correct))
+        prepared["items"] = [
+            scoring.ChoiceItem(prefix + _render(task, records[i], where[i]), *choice_item(task, records[i], where[i]))
+            for i in chosen
+        ]
+    elif task.kind == "generation":
+        prepared["prompts"] = [prefix + _render(task, records[i], where[i]) for i in chosen]
+        prepared["answers"] = [gold_answers(task, records[i], where[i]) for i in chosen]
+    elif task.kind == "perplexity":
+        prepared["texts"] = [str(_field(task, records[i], task.text_key, where[i])) for i in chosen]
+    else:
+        raise EditbenchError(f"capability task {task.name!r}: kind {task.kind!r} needs the lm-eval backend")
+    return prepared
+
+
+def run_task(
+    handle, task: TaskSpec, task_file: Path, settings: CapabilitySettings,
+    prepared: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score one built-in task; returns score, chance, n and timings."""
+    prepared = prepared or prepare_task(task, task_file, settings)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"kind": task.kind, "n": prepared["n"], "num_fewshot": prepared["num_fewshot"]}
+    if task.kind == "multiple_choice":
+        items = prepared["items"]
         score, _ = scoring.score_choices(handle, items, task.normalization, settings.batch_size)
         chance = sum(it.chance for it in items) / len(items)
         out.update(metric=f"accuracy (option log-likelihood, normalization {task.normalization})",
                    options=sum(len(it.options) for it in items))
     elif task.kind == "generation":
-        prompts = [prefix + _render(task, records[i], where[i]) for i in chosen]
-        answers = [gold_answers(task, records[i], where[i]) for i in chosen]
         score, _ = scoring.score_generation(
-            handle, prompts, answers, task.match, task.max_new_tokens, settings.batch_size
+            handle, prepared["prompts"], prepared["answers"], task.match, task.max_new_tokens,
+            settings.batch_size,
         )
         chance = 0.0
         out["metric"] = f"{task.match} match of the greedy answer"
-    elif task.kind == "perplexity":
-        texts = [str(_field(task, records[i], task.text_key, where[i])) for i in chosen]
-        result = scoring.perplexity(handle, texts, task.max_tokens, max(1, settings.batch_size // 2))
+    else:
+        result = scoring.perplexity(handle, prepared["texts"], task.max_tokens, max(1, settings.batch_size // 2))
         score, chance = result.score, 1.0 / len(handle.tokenizer)
         out.update(metric="1 / perplexity (geometric-mean token probability)",
                    perplexity=round(result.perplexity, 4), tokens=result.num_tokens)
-    else:
-        raise EditbenchError(f"capability task {task.name!r}: kind {task.kind!r} needs the lm-eval backend")
     elapsed = time.perf_counter() - t0
     out.update(score=score, chance=chance, time_s=round(elapsed, 3),
-               prompts_per_s=round(len(chosen) / elapsed, 2) if elapsed > 0 else None)
+               prompts_per_s=round(prepared["n"] / elapsed, 2) if elapsed > 0 else None)
     return out
 
 
@@ -178,10 +194,13 @@ def evaluate_suite(handle, suite: Suite, settings: CapabilitySettings | None = N
 
         tasks = evaluate_harness(handle, suite.tasks, settings, suite.task_files)
     else:
+        prepared = {t.name: prepare_task(t, suite.task_files[t.name], settings) for t in suite.tasks}
         tasks = {}
         with bar(desc, total=len(suite.tasks), unit="task") as progress:
             for task in suite.tasks:
-                tasks[task.name] = run_task(handle, task, suite.task_files[task.name], settings)
+                tasks[task.name] = run_task(
+                    handle, task, suite.task_files[task.name], settings, prepared[task.name]
+                )
                 progress.update(1)
     score, chance = summarize(suite, tasks)
     return {

@@ -257,13 +257,21 @@ def read_records(task: TaskSpec, task_file: Path, data_dir: str | os.PathLike[st
         return [dict(r) for r in ds], f"hf:{task.hf_dataset}/{task.hf_config or ''}:{task.hf_split}"
     path = resolve_data(task, task_file, data_dir)
     text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
+    if path.suffix == ".jsonl":
+        # split on "\n" only: str.splitlines also breaks at U+2028, U+0085... inside strings
+        records = []
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise EditbenchError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
+    else:
+        try:
             records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EditbenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        except json.JSONDecodeError as exc:
+            raise EditbenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise EditbenchError(f"{path}: expected JSON records (objects), one per line or in a list")
     return records, str(path)
