@@ -322,7 +322,8 @@ def _local_harness_suite(tmp_path: Path, limit: int, sample: str) -> Path:
     (tmp_path / "lm_eval_tasks").mkdir()
     _write(tmp_path / "lm_eval_tasks" / "local_sst2.yaml", LOCAL_LM_EVAL_TASK.format(data=data))
     _write(tmp_path / "sst2_harness.yaml", "kind: harness\nharness_task: editbench_local_sst2\n"
-           f"harness_metric: 'acc,none'\nharness_include: lm_eval_tasks\nchance: 0.5\n"
+           f"harness_metric: 'acc,none'\nharness_include: lm_eval_tasks\nharness_defaults: false\n"
+           "chance: 0.5\n"
            f"limit: {limit}\nsample: {sample}\n")
     return _write(tmp_path / "suite.yaml", "backend: lm-eval\ntasks: [sst2_harness]\n")
 
@@ -352,7 +353,8 @@ def test_lm_eval_backend_runs_a_local_task_on_the_loaded_model(tmp_path, tiny_ll
 
 def test_lm_eval_backend_error_is_one_line(tmp_path, tiny_llama):
     pytest.importorskip("lm_eval")
-    _write(tmp_path / "h.yaml", "kind: harness\nharness_task: no_such_task_xyz\nharness_metric: 'acc,none'\nchance: 0.5\n")
+    _write(tmp_path / "h.yaml", "kind: harness\nharness_task: no_such_task_xyz\nharness_metric: 'acc,none'\n"
+           "harness_defaults: false\nchance: 0.5\n")
     suite = load_suite(str(_write(tmp_path / "s.yaml", "backend: lm-eval\ntasks: [h]\n")))
     with pytest.raises(EditbenchError) as info:
         evaluate_suite(tiny_llama, suite)

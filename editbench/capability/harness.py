@@ -68,14 +68,25 @@ def _metric(result: dict[str, Any], task: TaskSpec) -> float:
     )
 
 
-def run_harness_task(
-    lm, task: TaskSpec, task_file: Path | None, settings: CapabilitySettings
-) -> dict[str, Any]:
-    simple_evaluate, _, TaskManager = _import()
+def task_manager(task: TaskSpec, task_file: Path | None, managers: dict[Any, Any] | None = None):
+    """lm-eval's task index for ``task``; indexing the built-in tasks takes seconds, so one
+    index is shared by the tasks of a suite that need the same one."""
+    _, _, TaskManager = _import()
     include = None
     if task.harness_include is not None:
         include = str((task_file.parent if task_file else Path.cwd()) / task.harness_include)
-    manager = TaskManager(include_path=include)
+    key = (include, task.harness_defaults)
+    managers = {} if managers is None else managers
+    if key not in managers:
+        managers[key] = TaskManager(include_path=include, include_defaults=task.harness_defaults)
+    return managers[key]
+
+
+def run_harness_task(
+    lm, task: TaskSpec, task_file: Path | None, settings: CapabilitySettings, manager=None
+) -> dict[str, Any]:
+    simple_evaluate, _, _ = _import()
+    manager = manager or task_manager(task, task_file)
     cap = min((x for x in (task.limit, settings.limit) if x is not None), default=None)
     t0 = time.perf_counter()
     try:
@@ -132,6 +143,10 @@ def evaluate_harness(
 ) -> dict[str, dict[str, Any]]:
     """Score every harness task on the in-memory model."""
     lm = make_lm(handle, settings.batch_size)
+    files, managers = task_files or {}, {}
     return {
-        t.name: run_harness_task(lm, t, (task_files or {}).get(t.name), settings) for t in tasks
+        t.name: run_harness_task(
+            lm, t, files.get(t.name), settings, task_manager(t, files.get(t.name), managers)
+        )
+        for t in tasks
     }

@@ -69,6 +69,7 @@ class TaskSpec:
     harness_task: str | None = None
     harness_metric: str | None = None  # e.g. "acc,none" or "exact_match,flexible-extract"
     harness_include: str | None = None  # folder of local lm-eval task YAML, relative to this file
+    harness_defaults: bool = True  # also index lm-eval's ~10K built-in task files (slow)
     metric_scale: float = 1.0  # BLEU is 0-100: 0.01 puts it in [0, 1]
 
     def validate(self) -> None:
