@@ -27,6 +27,7 @@ def main() -> None:
     from editbench.capability.evaluate import prepare_task
     from editbench.capability.scoring import score_choices
     from editbench.models import load_model
+    from editbench.tokens import encode_prompt_target
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", action="append", required=True)
@@ -51,7 +52,7 @@ def main() -> None:
         entry = {
             "score": round(result["score"], 4), "chance": round(result["chance"], 4),
             "time_s": result["time_s"], "average": result["average"],
-            "tasks": {n: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()
+            "tasks": {n: {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in t.items()
                           if k in ("score", "chance", "n", "time_s", "prompts_per_s", "perplexity", "options")}
                       for n, t in result["tasks"].items()},
         }
@@ -62,12 +63,21 @@ def main() -> None:
                 items = prepare_task(task, suite.task_files[task.name], settings)["items"]
                 timing = {}
                 for share in (True, False):
-                    t1 = time.perf_counter()
+                    t1, c1 = time.perf_counter(), time.process_time()
                     acc, _ = score_choices(handle, items, task.normalization, args.batch_size, share)
-                    dt = time.perf_counter() - t1
+                    dt, cpu = time.perf_counter() - t1, time.process_time() - c1
                     timing["shared_prompt" if share else "pair_per_sequence"] = {
-                        "accuracy": round(acc, 4), "s": round(dt, 2),
+                        "accuracy": round(acc, 4), "s": round(dt, 2), "cpu_s": round(cpu, 2),
                         "prompts_per_s": round(len(items) / dt, 2)}
+                # Work as tokens fed to the model: one sequence per pair vs one prompt pass
+                # plus each option's tokens but its last (see scoring._shared_prompt_logprobs).
+                enc = [[encode_prompt_target(handle.tokenizer, it.context, o) for o in it.options]
+                       for it in items]
+                timing["tokens_fed"] = {
+                    "pair_per_sequence": sum(len(p.ids) for e in enc for p in e),
+                    "shared_prompt": sum(len(e[0].prompt_ids) + sum(len(p.target_ids) - 1 for p in e)
+                                         for e in enc),
+                }
                 entry["tasks"][task.name]["sharing"] = timing
         out["suites"][name] = entry
     out["load_avg_at_end"] = os.getloadavg()
