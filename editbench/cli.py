@@ -63,20 +63,48 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --output from its last checkpoint")
     r.add_argument("--trust-remote-code", action="store_true")
+    # --- capability (issue 5) ---
+    r.add_argument("--capability", metavar="SUITE",
+                   help="also score general capability before and after editing: a suite name "
+                   "(editbench list suites) or a suite .yaml")
+    _capability_options(r)
+    r.add_argument("--capability-at-checkpoints", action="store_true",
+                   help="also score capability at every --eval-every point (slow)")
 
     lb = sub.add_parser("leaderboard", help="Markdown tables of finished runs")
     lb.add_argument("runs", nargs="+", help="run directories")
     lb.add_argument("--strict", action="store_true", help="fail instead of splitting incomparable runs")
 
     ls = sub.add_parser("list", help="list registered editors, models or datasets")
-    ls.add_argument("what", choices=["editors", "models", "datasets"])
+    ls.add_argument("what", choices=["editors", "models", "datasets", "suites"])
 
     hp = sub.add_parser("hparams", help="print the resolved hyperparameters")
     hp.add_argument("--editor", required=True)
     hp.add_argument("--model", required=True)
     hp.add_argument("--hparams", dest="hparams_file")
     hp.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
+
+    # --- capability (issue 5) ---
+    cp = sub.add_parser("capability", help="score the general capability of an unedited model")
+    cp.add_argument("--model", default="smollm2-135m", help="model preset, HF id or local folder")
+    cp.add_argument("--suite", default="default", help="suite name or suite .yaml (default: default)")
+    cp.add_argument("--output", help="write the full result as JSON to this file")
+    _capability_options(cp, prefix="")
+    cp.add_argument("--batch-size", type=_positive, default=32)
+    cp.add_argument("--no-cache", action="store_true", help="recompute instead of using the cache")
+    cp.add_argument("--device", default="auto")
+    cp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    cp.add_argument("--trust-remote-code", action="store_true")
     return parser
+
+
+def _capability_options(p: argparse.ArgumentParser, prefix: str = "capability-") -> None:
+    dest = "capability_" if prefix else ""
+    p.add_argument(f"--{prefix}limit", dest=f"{dest}limit", type=_positive, metavar="N",
+                   help="score at most N items of every capability task (default: the task files' limits)")
+    p.add_argument(f"--{prefix}data-dir", dest=f"{dest}data_dir", metavar="DIR",
+                   help="folder that `shared:` capability data is relative to (default: "
+                   "$EDITBENCH_CAPABILITY_DATA_DIR, $EDITBENCH_DATA_DIR, ../shared/data beside the checkout)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -98,6 +126,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 if res.get(k) is not None
             )
             print(f"{protocol}: {parts}")
+    cap = metrics["results"].get("capability")
+    if cap:
+        print(f"capability ({cap['suite']}): pre {cap['pre']:.3f}, post {cap['post']:.3f}, "
+              f"delta {cap['delta']:+.3f} (chance {cap['chance']:.3f})")
     print(f"edit time {metrics['edit_time_s']:.1f} s ({metrics['edit_time_per_request_s']:.3f} s/edit), "
           f"evaluation {metrics['eval_time_s']:.1f} s")
     return 0
@@ -112,6 +144,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from editbench.models import preset_names
 
         names = preset_names()
+    elif args.what == "suites":
+        from editbench.capability import load_suite, suite_names
+
+        names = [f"{n}\t{load_suite(n).spec.description}" for n in suite_names()]
     else:
         from editbench.data import dataset_names
 
@@ -137,7 +173,37 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "list": _cmd_list, "hparams": _cmd_hparams, "leaderboard": _cmd_leaderboard}
+def _cmd_capability(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from editbench.capability import CapabilitySettings, cached_pre_edit, evaluate_suite, load_suite
+    from editbench.models import load_model
+    from editbench.results import atomic_write_json
+
+    suite = load_suite(args.suite)
+    settings = CapabilitySettings(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir)
+    handle = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    if args.no_cache:
+        result, cached = evaluate_suite(handle, suite, settings), False
+    else:
+        result, cached = cached_pre_edit(handle, suite, settings)
+    result = {**result, "model": {"name": args.model, "identity": handle.identity, **handle.info},
+              "from_cache": cached}
+    width = max(len(n) for n in result["tasks"])
+    print(f"{'task':<{width}}  score   chance  n      time_s")
+    for name, res in result["tasks"].items():
+        mark = " (not in mean)" if name in result["report_only"] else ""
+        print(f"{name:<{width}}  {res['score']:.4f}  {res['chance']:.4f}  {res['n']:<5}  "
+              f"{res['time_s']:.1f}{mark}")
+    print(f"{suite.spec.name}: {result['score']:.4f} (chance {result['chance']:.4f}), "
+          f"{result['time_s']:.1f} s" + (" [cached]" if cached else ""))
+    if args.output:
+        atomic_write_json(Path(args.output), result)
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "list": _cmd_list, "hparams": _cmd_hparams, "leaderboard": _cmd_leaderboard,
+            "capability": _cmd_capability}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

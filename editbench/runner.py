@@ -57,6 +57,11 @@ class RunSpec:
     trust_remote_code: bool = False
     checkpoint_every: int | None = None
     resume: bool = False
+    # --- capability (issue 5) ---
+    capability: str | None = None  # suite name or suite YAML path
+    capability_limit: int | None = None  # caps every capability task's sample
+    capability_data_dir: str | None = None  # folder that `shared:` task data is relative to
+    capability_at_checkpoints: bool = False  # also score capability at eval_every points
 
 
 # Spec fields that may differ between an interrupted run and its resumption.
@@ -82,7 +87,7 @@ def default_output(spec: RunSpec) -> Path:
 def _validate(spec: RunSpec) -> None:
     if spec.resume and not spec.output:
         raise EditbenchError("--resume needs --output RUN_DIR (the run to continue)")
-    for key in ("num_edits", "edits_per_step", "eval_every", "checkpoint_every"):
+    for key in ("num_edits", "edits_per_step", "eval_every", "checkpoint_every", "capability_limit"):
         value = getattr(spec, key)
         if value is not None and value < 1:
             raise EditbenchError(f"--{key.replace('_', '-')}: expected a positive integer, got {value}")
@@ -119,6 +124,14 @@ def run(spec: RunSpec) -> RunDir:
         protocols=tuple(spec.protocols), max_new_tokens=spec.max_new_tokens,
         batch_size=spec.eval_batch_size,
     )
+    # --- capability (issue 5): the suite is read before any model is loaded ---
+    capability = None
+    if spec.capability is not None:
+        from editbench.capability import CapabilitySettings, load_suite
+
+        capability = (load_suite(spec.capability), CapabilitySettings(
+            limit=spec.capability_limit, batch_size=spec.eval_batch_size,
+            data_dir=spec.capability_data_dir))
     out = RunDir(spec.output or default_output(spec))
     checkpoint = out.load_checkpoint() if spec.resume else None
     if checkpoint is not None:
@@ -145,13 +158,31 @@ def run(spec: RunSpec) -> RunDir:
         "git_revision": git_revision(),
         "command": command_line(),
         "spec": asdict(spec),
+        "capability": None if capability is None else {
+            "suite": capability[0].spec.name, "suite_hash": capability[0].content_hash,
+            "tasks": [t.name for t in capability[0].tasks], "settings": capability[1].key(),
+            "timing": "pre-edit before the first edit (cached per weights, suite and settings), "
+                      "post-edit after the last step"
+                      + (" and at every curve point" if spec.capability_at_checkpoints else ""),
+        },
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if checkpoint is None:
         out.write_config(run_config)
 
+    # --- capability (issue 5): pre-edit score on the unedited weights, before the editor
+    # is built and before a resumed run restores its edited tensors (cached per weights) ---
+    capability_pre, capability_time, capability_cached = None, 0.0, False
+    if capability is not None:
+        from editbench.capability import cached_pre_edit
+
+        t0 = time.perf_counter()
+        capability_pre, capability_cached = cached_pre_edit(handle, *capability)
+        capability_time += time.perf_counter() - t0
+
     editor = editor_cls(handle, config)
     evaluator = Evaluator(handle, settings)
+
     edit_time, eval_time, step_infos, first = 0.0, 0.0, [], 0
     t0 = time.perf_counter()
     if checkpoint is not None:
@@ -185,6 +216,8 @@ def run(spec: RunSpec) -> RunDir:
                 t0 = time.perf_counter()
                 point = evaluator.evaluate(requests[:done], baseline, desc=f"evaluate@{done}")
                 eval_time += time.perf_counter() - t0
+                if capability is not None and spec.capability_at_checkpoints:
+                    point = {**point, "capability": _capability_now(handle, capability, capability_pre, done)}
                 curve.write({"edits": done, "edit_time_s": edit_time, "results": point})
                 curve.flush()
             every = spec.checkpoint_every
@@ -202,7 +235,15 @@ def run(spec: RunSpec) -> RunDir:
         final_eval = time.perf_counter() - t0
         eval_time += final_eval
         cases.commit()
+        # --- capability (issue 5): post-edit score, after the last step ---
+        capability_result = None
+        if capability is not None:
+            t0 = time.perf_counter()
+            capability_result = _capability_now(handle, capability, capability_pre, total)
+            capability_time += time.perf_counter() - t0
         if curve is not None:
+            if capability_result is not None and spec.capability_at_checkpoints:
+                results = {**results, "capability": capability_result}
             curve.write({"edits": total, "edit_time_s": edit_time, "results": results})
             curve.commit()
     finally:
@@ -210,7 +251,7 @@ def run(spec: RunSpec) -> RunDir:
             curve.close()
 
     metrics = {
-        "results": {**results, "capability": None},
+        "results": {**results, "capability": capability_result},
         "num_edits": total,
         "edits_per_step": step,
         "edit_time_s": round(edit_time, 3),
@@ -219,11 +260,22 @@ def run(spec: RunSpec) -> RunDir:
         "final_eval_time_s": round(final_eval, 3),
         "baseline_time_s": round(baseline_time, 3),
         "steps": step_infos,
+        **({"capability_time_s": round(capability_time, 3), "capability_pre_cached": capability_cached}
+           if capability is not None else {}),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.write_metrics(metrics)
     out.remove_checkpoint()
     return out
+
+
+def _capability_now(handle, capability, pre: dict[str, Any], edits: int) -> dict[str, Any]:
+    """The suite scored on the model as it is now, compared with the pre-edit score."""
+    from editbench.capability import compare, evaluate_suite
+
+    suite, settings = capability
+    post = evaluate_suite(handle, suite, settings, desc=f"capability@{edits}")
+    return {**compare(pre, post), "time_s": post["time_s"]}
 
 
 def _edited_weights(handle, editor: BaseEditor) -> dict[str, Any]:

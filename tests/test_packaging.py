@@ -34,6 +34,9 @@ def test_wheel_contents(wheel):
         "editbench/_bundled/hparams/locft_bf/qwen2.5-7b.yaml",
         "editbench/_bundled/hparams/locft_bf/smollm2-135m.yaml",
         "editbench/_bundled/datasets/embedded/facts.json",
+        "editbench/capability/suites/default.yaml",
+        "editbench/capability/tasks/default_knowledge.yaml",
+        "editbench/_bundled/datasets/capability/default/general_knowledge.jsonl",
     ):
         assert required in names, required
     assert not any(n.startswith("datasets/") for n in names), "would shadow HF datasets"
@@ -60,3 +63,22 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"modules"' in proc.stdout and proc.stdout.strip().endswith("306")
+
+
+def test_installed_wheel_finds_capability_suites(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    code = (
+        "from editbench.capability import load_suite;"
+        "from editbench.capability.spec import read_records;"
+        "s = load_suite('default'); t = s.tasks[0];"
+        "records, source = read_records(t, s.task_files[t.name], None);"
+        f"assert source.startswith({str(target)!r}), source;"
+        "print(len(records))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(target)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "104"
