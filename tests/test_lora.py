@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny, shared_file
 
+from conftest import make_tiny, shared_file
 from editbench.api import EditbenchError, EditRequest
 from editbench.config import ConfigError, build_config, load_hparams
 from editbench.registry import EDITORS
