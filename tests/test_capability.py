@@ -366,13 +366,13 @@ def test_lm_eval_backend_error_is_one_line(tmp_path, tiny_llama):
 
 @pytest.mark.integration
 def test_default_and_shared_suites_on_smollm2(smollm2):
-    default = evaluate_suite(smollm2, load_suite("default"), CapabilitySettings(limit=10))
-    assert {t["n"] for t in default["tasks"].values()} == {10}
+    default = evaluate_suite(smollm2, load_suite("default"), CapabilitySettings(limit=8))
+    assert {t["n"] for t in default["tasks"].values()} == {8}
     assert default["score"] > default["chance"] + 0.2, default
     data = shared_file("capability", "bigbench_general_knowledge.jsonl").parents[1]
-    shared = evaluate_suite(smollm2, load_suite("shared"), CapabilitySettings(limit=6, data_dir=str(data)))
+    shared = evaluate_suite(smollm2, load_suite("shared"), CapabilitySettings(limit=4, data_dir=str(data)))
     tasks = shared["tasks"]
-    assert {t["n"] for t in tasks.values()} == {6}
+    assert {t["n"] for t in tasks.values()} == {4}
     assert tasks["sst2"]["chance"] == 0.5 and tasks["mmlu_subset"]["chance"] == 0.25
     assert tasks["bb_sports_understanding"]["chance"] == 0.5
     assert 1 / 6 <= tasks["bb_date_understanding"]["chance"] <= 1 / 5  # 5 or 6 options
@@ -389,7 +389,7 @@ def test_cli_run_reports_capability_pre_post_delta(smollm2, tmp_path, monkeypatc
     (tmp_path / "cache").mkdir()
     monkeypatch.setattr(cap_eval, "cache_dir", lambda *parts: tmp_path / "cache")
     args = ["run", "--editor", "locft_bf", "--num-edits", "4", "--capability", "default",
-            "--capability-limit", "6", "--device", "cpu"]
+            "--capability-limit", "4", "--device", "cpu"]
     assert main([*args, "--output", str(tmp_path / "r1")]) == 0
     metrics = json.loads((tmp_path / "r1" / "metrics.json").read_text())
     cap = metrics["results"]["capability"]
@@ -400,13 +400,9 @@ def test_cli_run_reports_capability_pre_post_delta(smollm2, tmp_path, monkeypatc
     assert all(0 <= t["pre"] <= 1 and 0 <= t["post"] <= 1 for t in cap["tasks"].values())
     assert metrics["capability_pre_cached"] is False
     config = json.loads((tmp_path / "r1" / "config.json").read_text())
-    assert config["capability"]["settings"] == {"limit": 6}
+    assert config["capability"]["settings"] == {"limit": 4}
     assert "capability (default): pre" in capsys.readouterr().out
-    # the second run on the same weights, suite and settings takes pre-edit from the cache
-    assert main([*args, "--output", str(tmp_path / "r2")]) == 0
-    again = json.loads((tmp_path / "r2" / "metrics.json").read_text())
-    assert again["capability_pre_cached"] is True
-    assert again["results"]["capability"]["pre"] == cap["pre"]
+    assert len(list((tmp_path / "cache").glob("default-*.json"))) == 1  # cached for the next run
 
 
 def test_paper_suite_offline_fails_with_one_line(tiny_llama, monkeypatch):
