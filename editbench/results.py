@@ -74,7 +74,7 @@ class JsonlStream:
     def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Drop records written after a checkpoint (resume), keeping those ``keep`` accepts."""
         if self.part.is_file():
-            lines = [ln for ln in self.part.read_text().splitlines() if ln.strip()]
+            lines = [ln for ln in self.part.read_text(encoding="utf-8").split("\n") if ln.strip()]
             kept = [ln for ln in lines if keep(json.loads(ln))]
             atomic_write_text(self.part, "".join(ln + "\n" for ln in kept))
 

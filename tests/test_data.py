@@ -671,3 +671,14 @@ def test_loaded_dataset_is_frozen() -> None:
     assert isinstance(ds, LoadedDataset)
     with pytest.raises(AttributeError):
         ds.name = "other"  # type: ignore[misc]
+
+
+def test_jsonl_record_may_hold_a_unicode_line_separator(tmp_path):
+    """U+2028 inside a string is not a record boundary (str.splitlines would split there)."""
+    rec = {"case_id": 0, "prompt": "The capital of France is", "subject": "France",
+           "target_new": "Rome\u2028Lazio", "ground_truth": "Paris"}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(rec, ensure_ascii=False) + "\r\n"
+                    + json.dumps({**rec, "case_id": 1}, ensure_ascii=False) + "\n", encoding="utf-8")
+    requests = load_dataset(str(path)).requests
+    assert [r.target_new for r in requests] == ["Rome\u2028Lazio"] * 2

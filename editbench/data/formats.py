@@ -326,7 +326,7 @@ def _json_records(path: Path, text: str) -> list[Any]:
 
 def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """(line number, record) for each non-blank line."""
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -344,7 +344,7 @@ def _is_jsonl(path: Path, text: str) -> bool:
         return False
     # No telling suffix: a file starting with an object and holding several lines is JSON lines.
     stripped = text.lstrip()
-    return stripped.startswith("{") and len([ln for ln in stripped.splitlines() if ln.strip()]) > 1
+    return stripped.startswith("{") and len([ln for ln in stripped.split("\n") if ln.strip()]) > 1
 
 
 def parse_text(path: Path, text: str, *, target: str | None = None) -> ParsedFile:
