@@ -2,7 +2,8 @@
 
 Runs are put in the same table only when their numbers are comparable: same protocol
 and protocol settings, same dataset file and edit target, same number of edits, same
-locality definition and evaluation timing. Otherwise they go into separate tables whose
+locality definition and evaluation timing, and (when capability was scored) the same
+capability suite content and settings. Otherwise they go into separate tables whose
 headings say what differs; ``strict=True`` refuses instead.
 """
 
@@ -35,6 +36,13 @@ def comparability_key(config: dict[str, Any], protocol: str) -> dict[str, Any]:
     }
     if protocol == "generation":
         key["max_new_tokens"] = p["max_new_tokens"]
+    # The capability column is only comparable between runs scored on the same suite
+    # (same task files, by content hash) with the same settings.
+    cap = config.get("capability")
+    if cap:
+        limit = (cap.get("settings") or {}).get("limit")
+        key["capability"] = (f"{cap['suite']} ({cap['suite_hash'][:12]}"
+                             + (f", limit {limit}" if limit is not None else "") + ")")
     return key
 
 
@@ -75,7 +83,8 @@ def tables(run_dirs: Sequence[str | Path], strict: bool = False) -> str:
         if len(protocols) != len(set(protocols)):
             raise EditbenchError(
                 "runs are not comparable (different dataset, target, edit count, locality "
-                "definition or protocol settings); drop --strict to print separate tables"
+                "definition, capability suite or protocol settings); drop --strict to print "
+                "separate tables"
             )
     headers = ["editor", "model", "reliability", "generalization", "locality",
                "capability", "s/edit", "edits/step", "run"]
@@ -87,6 +96,8 @@ def tables(run_dirs: Sequence[str | Path], strict: bool = False) -> str:
             + (f" | max {key['max_new_tokens']} new tokens" if "max_new_tokens" in key else "")
         )
         note = f"Locality: {key['locality']}. Evaluated {key['evaluation']}."
+        if "capability" in key:
+            note += f" Capability suite: {key['capability']}."
         out.append(f"{title}\n\n{note}\n\n{tabulate(rows, headers, tablefmt='github', disable_numparse=True)}\n")
     return "\n".join(out)
 

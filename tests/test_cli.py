@@ -140,20 +140,39 @@ def test_atomic_writes_leave_nothing_half_written(tmp_path):
     assert (tmp_path / "cases.jsonl").read_text() == '{"x": 1}\n'
 
 
+def _fake_run(root: Path, name: str, num_edits: int, suite: str | None = None) -> Path:
+    d = RunDir(root / name)
+    d.path.mkdir()
+    d.write_config({
+        "editor": "e", "model": {"name": "m"},
+        "dataset": {"name": "zsre", "sha256": "ab" * 32, "target": "alt", "num_edits": num_edits},
+        "protocol": {"locality_definition": "x", "evaluation": "after all edits",
+                     "max_new_tokens": 32},
+        "capability": None if suite is None else {
+            "suite": suite, "suite_hash": suite * 8, "settings": {"limit": None}},
+    })
+    capability = None if suite is None else {"pre": 0.5, "post": 0.375}
+    d.write_metrics({"results": {"generation": {"reliability": 0.5, "generalization": 0.25,
+                                                "locality": 1.0}, "capability": capability},
+                     "edit_time_per_request_s": 0.1, "edits_per_step": 1})
+    return d.path
+
+
+def test_leaderboard_keeps_capability_suites_apart(tmp_path):
+    a = _fake_run(tmp_path, "a", 100, "default")
+    b = _fake_run(tmp_path, "b", 100, "default")
+    c = _fake_run(tmp_path, "c", 100, "shared")
+    same = tables([a, b])
+    assert same.count("### generation") == 1 and "Capability suite: default" in same
+    assert "| 37.5" in same
+    assert tables([a, c]).count("### generation") == 2
+    with pytest.raises(EditbenchError, match="capability suite"):
+        tables([a, c], strict=True)
+
+
 def test_leaderboard_separates_incomparable_runs(tmp_path):
     def fake_run(name: str, num_edits: int) -> Path:
-        d = RunDir(tmp_path / name)
-        d.path.mkdir()
-        d.write_config({
-            "editor": "e", "model": {"name": "m"},
-            "dataset": {"name": "zsre", "sha256": "ab" * 32, "target": "alt", "num_edits": num_edits},
-            "protocol": {"locality_definition": "x", "evaluation": "after all edits",
-                         "max_new_tokens": 32},
-        })
-        d.write_metrics({"results": {"generation": {"reliability": 0.5, "generalization": 0.25,
-                                                    "locality": 1.0}, "capability": None},
-                         "edit_time_per_request_s": 0.1, "edits_per_step": 1})
-        return d.path
+        return _fake_run(tmp_path, name, num_edits)
 
     a, b, c = fake_run("a", 100), fake_run("b", 100), fake_run("c", 1000)
     same = tables([a, b])
