@@ -18,6 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 # EDITBENCH_SHARED_DATA points at the shared data from a checkout that does not sit beside it.
 SHARED_DATA = Path(os.environ.get("EDITBENCH_SHARED_DATA") or REPO.parent / "shared" / "data")
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (the issues' full-size runs, tens of minutes on a CPU) run
+    only with EDITBENCH_SLOW=1 or when selected explicitly with ``-m slow``."""
+    expr = config.getoption("-m") or ""
+    if os.environ.get("EDITBENCH_SLOW") == "1" or ("slow" in expr and "not slow" not in expr):
+        return
+    skip = pytest.mark.skip(reason="full-size run: set EDITBENCH_SLOW=1 or pass -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 CORPUS = [
     "The capital of France is Paris.",
     "The capital of Italy is Rome.",

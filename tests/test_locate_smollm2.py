@@ -1,8 +1,11 @@
 """ROME / MEMIT / AlphaEdit on the real smollm2-135m with the shared data (generation protocol).
 
-Sizes are CI-sized (a few minutes on 2 CPU cores); the issue's full-size runs (20 ROME
-edits, 100-request MEMIT / AlphaEdit, the 500-request sequential comparison) are in
-``benchmarks/locate_editors.py``. The layer statistics are computed once per machine
+ROME runs at the issue's full size (20 CounterFact edits, each on a fresh model) in CI.
+MEMIT and AlphaEdit run at CI size (20 requests) guarding the measured level; their
+full-size targets (100 zsRE requests: MEMIT in one step, AlphaEdit in steps of 20, both
+>= 0.8 reliability) and the 500-request sequential comparison are marked ``slow`` (tens of
+minutes on 2 CPU cores; EDITBENCH_SLOW=1 runs them). ``benchmarks/locate_editors.py``
+reports the same runs with timings. The layer statistics are computed once per machine
 (cached under $EDITBENCH_STATS_CACHE or the user cache) by a session fixture, in one pass
 for the layers of all three editors.
 """
@@ -21,6 +24,12 @@ from editbench.evaluate import EvalSettings, Evaluator
 from editbench.registry import EDITORS
 
 pytestmark = pytest.mark.integration
+
+# CI-size guards (first 20 zsRE requests of zsre_3k.json): the measured level minus a margin.
+MEMIT_CI_RELIABILITY = 0.8  # measured 0.95 (locality 0.95)
+ALPHAEDIT_CI_RELIABILITY = 0.8  # measured 1.00 (locality 0.90), steps of 10
+# The 500-request comparison uses 20 target steps instead of 60 (CPU budget), the same for both.
+SEQUENTIAL_OVERRIDES: dict = {"v_num_grad_steps": 20}
 
 
 def _config(editor: str, corpus: str, **overrides):
@@ -61,8 +70,32 @@ def _restore_after(handle, names):
     return restore
 
 
+def _zsre(num: int):
+    data_dir = str(shared_file("zsre", "zsre_3k.json").parents[1])
+    return load_dataset("zsre-3k", data_dir=data_dir, num=num).requests
+
+
+def _edit_and_score(handle, editor_name: str, corpus: str, requests, step: int, **overrides):
+    """Edit ``requests`` in steps of ``step`` on one editor, evaluate once after all edits,
+    then restore the weights."""
+    evaluator = Evaluator(handle, EvalSettings(protocols=("generation",)))
+    baseline = evaluator.baseline(requests)
+    editor = EDITORS.get(editor_name)(handle, _config(editor_name, corpus, **overrides))
+    restore = _restore_after(handle, editor.edited_parameters())
+    try:
+        for start in range(0, len(requests), step):
+            editor.edit(requests[start : start + step])
+        results = evaluator.evaluate(requests, baseline)["generation"]
+    finally:
+        restore()
+    print(editor_name, len(requests), step, {k: results[k] for k in ("reliability", "generalization", "locality")})
+    return results
+
+
 def test_rome_single_counterfact_edits(smollm2, smollm2_stats, corpus):
-    requests = load_dataset("counterfact-3k", data_dir=str(shared_file("counterfact", "counterfact_3k.json").parents[1]), num=3).requests
+    """The issue's target: 20 single CounterFact edits, each on a fresh model, >= 0.9."""
+    data_dir = str(shared_file("counterfact", "counterfact_3k.json").parents[1])
+    requests = load_dataset("counterfact-3k", data_dir=data_dir, num=20).requests
     evaluator = Evaluator(smollm2, EvalSettings(protocols=("generation",)))
     baseline = evaluator.baseline(requests)
     editor = EDITORS.get("rome")(smollm2, _config("rome", corpus))
@@ -75,27 +108,44 @@ def test_rome_single_counterfact_edits(smollm2, smollm2_stats, corpus):
             restore()
     finally:
         restore()
-    assert sum(scores) / len(scores) >= 2 / 3, scores
+    print("rome reliability", sum(scores) / len(scores))
+    assert sum(scores) / len(scores) >= 0.9, scores
 
 
-def test_alphaedit_batched_zsre_edits(smollm2, smollm2_stats, corpus):
-    """AlphaEdit in steps of 5 on 10 zsRE requests.
+def test_memit_one_step_zsre_ci_size(smollm2, smollm2_stats, corpus):
+    results = _edit_and_score(smollm2, "memit", corpus, _zsre(20), 20)
+    assert results["reliability"] >= MEMIT_CI_RELIABILITY, results
+    assert results["locality"] >= 0.6, results
 
-    The issue's target (>= 0.8 on 100 requests) is not reached yet on smollm2: 0.7 was
-    measured on these 10 requests, so this guards that level, not the target. MEMIT's
-    smollm2 settings are unmeasured and have no integration test yet (see benchmarks/).
-    """
-    data_dir = str(shared_file("zsre", "zsre_3k.json").parents[1])
-    requests = load_dataset("zsre-3k", data_dir=data_dir, num=10).requests
-    evaluator = Evaluator(smollm2, EvalSettings(protocols=("generation",)))
-    baseline = evaluator.baseline(requests)
-    editor = EDITORS.get("alphaedit")(smollm2, _config("alphaedit", corpus))
-    restore = _restore_after(smollm2, editor.edited_parameters())
-    try:
-        for start in range(0, len(requests), 5):
-            editor.edit(requests[start : start + 5])
-        results = evaluator.evaluate(requests, baseline)["generation"]
-    finally:
-        restore()
-    assert results["reliability"] >= 0.6, results
-    assert results["locality"] >= 0.5, results
+
+def test_alphaedit_steps_zsre_ci_size(smollm2, smollm2_stats, corpus):
+    results = _edit_and_score(smollm2, "alphaedit", corpus, _zsre(20), 10)
+    assert results["reliability"] >= ALPHAEDIT_CI_RELIABILITY, results
+    assert results["locality"] >= 0.6, results
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="issue 3 target not reached yet: 0.65 measured on these 100 requests "
+                   "(0.83 on the sweep requests of zsre_train_1k)", strict=False)
+def test_memit_full_size_zsre(smollm2, smollm2_stats, corpus):
+    """The issue's target: the first 100 zsRE requests in one MEMIT step, >= 0.8 reliability."""
+    memit = _edit_and_score(smollm2, "memit", corpus, _zsre(100), 100)
+    assert memit["reliability"] >= 0.8, memit
+
+
+@pytest.mark.slow
+def test_alphaedit_full_size_zsre(smollm2, smollm2_stats, corpus):
+    """The issue's target: the same 100 requests in AlphaEdit steps of 20, >= 0.8 reliability."""
+    alpha = _edit_and_score(smollm2, "alphaedit", corpus, _zsre(100), 20)
+    assert alpha["reliability"] >= 0.8, alpha
+
+
+@pytest.mark.slow
+def test_sequential_alphaedit_keeps_more_than_memit(smollm2, smollm2_stats, corpus):
+    """500 zsRE requests in steps of 50: AlphaEdit keeps reliability and locality above
+    MEMIT's (the null-space projection protects earlier edits and unrelated keys)."""
+    requests = _zsre(500)
+    memit = _edit_and_score(smollm2, "memit", corpus, requests, 50, **SEQUENTIAL_OVERRIDES)
+    alpha = _edit_and_score(smollm2, "alphaedit", corpus, requests, 50, **SEQUENTIAL_OVERRIDES)
+    assert alpha["reliability"] > memit["reliability"], (alpha, memit)
+    assert alpha["locality"] > memit["locality"], (alpha, memit)
