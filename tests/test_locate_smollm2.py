@@ -135,7 +135,8 @@ def test_memit_full_size_zsre(smollm2, smollm2_stats, corpus):
 
 @pytest.mark.slow
 def test_alphaedit_full_size_zsre(smollm2, smollm2_stats, corpus):
-    """The issue's target: the same 100 requests in AlphaEdit steps of 20, >= 0.8 reliability."""
+    """The issue's target: the same 100 requests in AlphaEdit steps of 20, >= 0.8 reliability
+    (measured 0.83 / 0.26 / 0.85)."""
     alpha = _edit_and_score(smollm2, "alphaedit", corpus, _zsre(100), 20)
     assert alpha["reliability"] >= 0.8, alpha
 
