@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EDITBENCH_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
-
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (the issues' full-size runs, tens of minutes on a CPU) run
     only with EDITBENCH_SLOW=1 or when selected explicitly with ``-m slow``."""
