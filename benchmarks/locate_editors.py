@@ -33,18 +33,6 @@ from editbench.registry import EDITORS
 from editors._locate.stats import compute_second_moments, resolve_corpus
 
 
-def snapshot(handle, names):
-    params = dict(handle.model.named_parameters())
-    return {n: params[n].detach().clone() for n in names}
-
-
-def restore(handle, saved):
-    params = dict(handle.model.named_parameters())
-    with torch.no_grad():
-        for n, t in saved.items():
-            params[n].copy_(t)
-
-
 def config_for(editor: str, overrides: dict):
     cls = EDITORS.get(editor).config_class
     config, _ = load_hparams(cls, editor, "smollm2-135m", overrides)
@@ -62,13 +50,13 @@ def run_sequence(handle, editor_name, requests, step, overrides, evaluator, base
     t0 = time.perf_counter()
     editor = EDITORS.get(editor_name)(handle, config)
     setup = time.perf_counter() - t0
-    saved = snapshot(handle, editor.edited_parameters())
+    restore = handle.snapshot(editor.edited_parameters())
     t0 = time.perf_counter()
     for start in range(0, len(requests), step):
         editor.edit(requests[start : start + step])
     edit_s = time.perf_counter() - t0
     results = evaluator.evaluate(requests, baseline)
-    restore(handle, saved)
+    restore()
     return {"n": len(requests), "edits_per_step": step, **summarize(results),
             "edit_s_per_request": round(edit_s / len(requests), 3), "setup_s": round(setup, 2)}
 

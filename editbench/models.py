@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -170,6 +171,22 @@ class ModelHandle:
                 f"'mlp_down@6' (templates: {', '.join(sorted(self.preset.templates))})"
             ) from exc
         return spec
+
+    def snapshot(self, names: Iterable[str]) -> Callable[[], None]:
+        """Copy the named parameters now; the returned function writes the copies back.
+
+        Why: scoring single edits on a fresh model, or sharing one loaded model between
+        runs, without reloading it (seconds to minutes per load).
+        """
+        params = {n: self.model.get_parameter(n) for n in names}
+        saved = {n: p.detach().clone() for n, p in params.items()}
+
+        def restore() -> None:
+            with torch.no_grad():
+                for n, value in saved.items():
+                    params[n].copy_(value)
+
+        return restore
 
     @property
     def num_layers(self) -> int:

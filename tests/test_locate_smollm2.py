@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from conftest import shared_file
 from editbench.config import load_hparams
@@ -58,18 +57,6 @@ def smollm2_stats(smollm2, corpus):
     return info
 
 
-def _restore_after(handle, names):
-    params = dict(handle.model.named_parameters())
-    saved = {n: params[n].detach().clone() for n in names}
-
-    def restore():
-        with torch.no_grad():
-            for n, t in saved.items():
-                params[n].copy_(t)
-
-    return restore
-
-
 def _zsre(num: int):
     data_dir = str(shared_file("zsre", "zsre_3k.json").parents[1])
     return load_dataset("zsre-3k", data_dir=data_dir, num=num).requests
@@ -81,7 +68,7 @@ def _edit_and_score(handle, editor_name: str, corpus: str, requests, step: int, 
     evaluator = Evaluator(handle, EvalSettings(protocols=("generation",)))
     baseline = evaluator.baseline(requests)
     editor = EDITORS.get(editor_name)(handle, _config(editor_name, corpus, **overrides))
-    restore = _restore_after(handle, editor.edited_parameters())
+    restore = handle.snapshot(editor.edited_parameters())
     try:
         for start in range(0, len(requests), step):
             editor.edit(requests[start : start + step])
@@ -99,7 +86,7 @@ def test_rome_single_counterfact_edits(smollm2, smollm2_stats, corpus):
     evaluator = Evaluator(smollm2, EvalSettings(protocols=("generation",)))
     baseline = evaluator.baseline(requests)
     editor = EDITORS.get("rome")(smollm2, _config("rome", corpus))
-    restore = _restore_after(smollm2, editor.edited_parameters())
+    restore = smollm2.snapshot(editor.edited_parameters())
     scores = []
     try:
         for r in requests:  # each edit on a fresh model

@@ -230,7 +230,7 @@ def test_lora_bf_smollm2_zsre(smollm2):
     layers = config.layers if config.layers is not None else range(smollm2.num_layers)
     names = [f"{smollm2.module_name(k, i)}.weight" for i in layers for k in config.target_modules]
     # The session-scoped model is shared with other tests: put its weights back afterwards.
-    saved = {n: smollm2.model.get_parameter(n).detach().clone() for n in names}
+    restore = smollm2.snapshot(names)
     editor = EDITORS.get("lora")(smollm2, config)
     try:
         editor.edit(requests)
@@ -242,8 +242,6 @@ def test_lora_bf_smollm2_zsre(smollm2):
     finally:
         if not editor.merged:
             editor.tuner.unload()
-        with torch.no_grad():
-            for n, value in saved.items():
-                smollm2.model.get_parameter(n).copy_(value)
+        restore()
     print("lora_bf smollm2 zsre_3k[:100]", result)
     assert result["reliability"] >= 0.8, result

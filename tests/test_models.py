@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from editbench.api import EditbenchError
 from editbench.models import family_templates, get_preset, preset_names
@@ -56,3 +57,20 @@ def test_moe_preset_points_at_shared_expert():
         "model.layers.20.mlp.shared_expert.down_proj"
     )
     assert "gpt2" in family_templates()
+
+
+def test_snapshot_restores_only_the_named_parameters(tiny_llama):
+    names = [f"{tiny_llama.module_name('mlp_down', 0)}.weight"]
+    other = f"{tiny_llama.module_name('mlp_down', 1)}.weight"
+    restore = tiny_llama.snapshot(names)
+    before = tiny_llama.model.get_parameter(names[0]).detach().clone()
+    with torch.no_grad():
+        tiny_llama.model.get_parameter(names[0]).add_(1.0)
+        tiny_llama.model.get_parameter(other).add_(1.0)
+    edited_other = tiny_llama.model.get_parameter(other).detach().clone()
+    restore()
+    assert torch.equal(tiny_llama.model.get_parameter(names[0]), before)
+    # Not named, not touched: the restore is not a reload.
+    assert torch.equal(tiny_llama.model.get_parameter(other), edited_other)
+    restore()  # reusable (a fresh model before every single edit)
+    assert torch.equal(tiny_llama.model.get_parameter(names[0]), before)
