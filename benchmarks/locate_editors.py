@@ -30,6 +30,7 @@ from editbench.data import load_dataset
 from editbench.evaluate import EvalSettings, Evaluator
 from editbench.models import load_model
 from editbench.registry import EDITORS
+from editbench.runner import edit_and_evaluate
 from editors._locate.stats import compute_second_moments, resolve_corpus
 
 
@@ -50,13 +51,7 @@ def run_sequence(handle, editor_name, requests, step, overrides, evaluator, base
     t0 = time.perf_counter()
     editor = EDITORS.get(editor_name)(handle, config)
     setup = time.perf_counter() - t0
-    restore = handle.snapshot(editor.edited_parameters())
-    t0 = time.perf_counter()
-    for start in range(0, len(requests), step):
-        editor.edit(requests[start : start + step])
-    edit_s = time.perf_counter() - t0
-    results = evaluator.evaluate(requests, baseline)
-    restore()
+    results, edit_s = edit_and_evaluate(editor, requests, step, evaluator, baseline)
     return {"n": len(requests), "edits_per_step": step, **summarize(results),
             "edit_s_per_request": round(edit_s / len(requests), 3), "setup_s": round(setup, 2)}
 

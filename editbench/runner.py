@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from editbench.api import BaseEditor, EditbenchError
+from editbench.api import BaseEditor, EditbenchError, EditRequest
 from editbench.config import load_hparams
 from editbench.data import load_dataset
 from editbench.evaluate import EvalSettings, Evaluator
@@ -267,6 +268,33 @@ def run(spec: RunSpec) -> RunDir:
     out.write_metrics(metrics)
     out.remove_checkpoint()
     return out
+
+
+def edit_and_evaluate(
+    editor: BaseEditor,
+    requests: Sequence[EditRequest],
+    step: int,
+    evaluator: Evaluator,
+    baseline: dict[str, Any],
+) -> tuple[dict[str, Any], float]:
+    """Edit ``requests`` in steps of ``step``, evaluate once after the last step, then write
+    the edited weights back; returns (evaluation, editing seconds).
+
+    Why: tests and benchmarks score several editors, or single edits on a fresh model, on
+    one loaded model without the result files of :func:`run` (same step semantics).
+    """
+    if step < 1:
+        raise EditbenchError(f"step: expected a positive integer, got {step}")
+    restore = editor.handle.snapshot(editor.edited_parameters())
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, len(requests), step):
+            editor.edit(requests[start : start + step])
+        editor.finalize()
+        seconds = time.perf_counter() - t0
+        return evaluator.evaluate(requests, baseline), seconds
+    finally:
+        restore()
 
 
 def _capability_now(handle, capability, pre: dict[str, Any], edits: int) -> dict[str, Any]:

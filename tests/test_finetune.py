@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from editbench.api import EditbenchError, EditRequest
+from editbench.evaluate import EvalSettings, Evaluator
 from editbench.evaluate.generation import generate_answers
+from editbench.runner import edit_and_evaluate
 from editbench.tokens import collate_targets, encode_prompt_target, target_logits
 from editors._finetune import FinetuneConfig, FinetuneEditor, target_loss
 from editors.ft_m import FTMConfig, FTMEditor
@@ -89,6 +91,29 @@ def test_only_the_chosen_tensor_changes_and_edits_stick(tiny_handle, pipeline):
     checked = REQUESTS if pipeline == "breadth_first" else REQUESTS[-1:]
     outputs = generate_answers(tiny_handle, [r.prompt for r in checked], max_new_tokens=8, batch_size=4)
     assert [o.strip() for o in outputs] == [r.target_new for r in checked]
+
+
+def test_edit_and_evaluate_scores_the_edits_then_restores_the_weights(tiny_llama):
+    config = FinetuneConfig(pipeline="breadth_first", modules=["block@3"], lr=1e-2, batch_size=2,
+                            epochs=100, max_steps=60, loss_threshold=1e-3, epoch_stop_threshold=1e-3)
+    editor = FinetuneEditor(tiny_llama, config)
+    evaluator = Evaluator(tiny_llama, EvalSettings(protocols=("generation",), max_new_tokens=8))
+    baseline = evaluator.baseline(REQUESTS)
+    before = _snapshot(tiny_llama.model)
+    unedited = evaluator.evaluate(REQUESTS, baseline)["generation"]["reliability"]
+    results, seconds = edit_and_evaluate(editor, REQUESTS, len(REQUESTS), evaluator, baseline)
+    # Scored on the edited model, then the weights are put back.
+    assert unedited < 1.0 and results["generation"]["reliability"] == 1.0 and seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in _snapshot(tiny_llama.model).items())
+    # Steps of 3 over 4 requests: two edit calls, 3 then 1; restored again afterwards.
+    sizes: list[int] = []
+    edit = editor.edit
+    editor.edit = lambda rs: (sizes.append(len(rs)), edit(rs))[1]
+    edit_and_evaluate(editor, REQUESTS, 3, evaluator, baseline)
+    assert sizes == [3, 1]
+    assert all(torch.equal(before[k], v) for k, v in _snapshot(tiny_llama.model).items())
+    with pytest.raises(EditbenchError, match="step: expected a positive integer"):
+        edit_and_evaluate(editor, REQUESTS, 0, evaluator, baseline)
 
 
 class RecordingEditor(FinetuneEditor):

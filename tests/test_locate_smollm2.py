@@ -21,6 +21,7 @@ from editbench.config import load_hparams
 from editbench.data import load_dataset
 from editbench.evaluate import EvalSettings, Evaluator
 from editbench.registry import EDITORS
+from editbench.runner import edit_and_evaluate
 
 pytestmark = pytest.mark.integration
 
@@ -62,19 +63,15 @@ def _zsre(num: int):
     return load_dataset("zsre-3k", data_dir=data_dir, num=num).requests
 
 
-def _edit_and_score(handle, editor_name: str, corpus: str, requests, step: int, **overrides):
+def _edit_and_score(handle, editor_name: str, corpus: str, requests, step: int,
+                    baseline=None, **overrides):
     """Edit ``requests`` in steps of ``step`` on one editor, evaluate once after all edits,
-    then restore the weights."""
+    then restore the weights (``baseline``: pre-edit answers shared between editors)."""
     evaluator = Evaluator(handle, EvalSettings(protocols=("generation",)))
-    baseline = evaluator.baseline(requests)
+    if baseline is None:
+        baseline = evaluator.baseline(requests)
     editor = EDITORS.get(editor_name)(handle, _config(editor_name, corpus, **overrides))
-    restore = handle.snapshot(editor.edited_parameters())
-    try:
-        for start in range(0, len(requests), step):
-            editor.edit(requests[start : start + step])
-        results = evaluator.evaluate(requests, baseline)["generation"]
-    finally:
-        restore()
+    results = edit_and_evaluate(editor, requests, step, evaluator, baseline)[0]["generation"]
     print(editor_name, len(requests), step, {k: results[k] for k in ("reliability", "generalization", "locality")})
     return results
 
@@ -86,15 +83,10 @@ def test_rome_single_counterfact_edits(smollm2, smollm2_stats, corpus):
     evaluator = Evaluator(smollm2, EvalSettings(protocols=("generation",)))
     baseline = evaluator.baseline(requests)
     editor = EDITORS.get("rome")(smollm2, _config("rome", corpus))
-    restore = smollm2.snapshot(editor.edited_parameters())
-    scores = []
-    try:
-        for r in requests:  # each edit on a fresh model
-            editor.edit([r])
-            scores.append(evaluator.evaluate([r], baseline)["generation"]["reliability"])
-            restore()
-    finally:
-        restore()
+    scores = [  # each edit on a fresh model
+        edit_and_evaluate(editor, [r], 1, evaluator, baseline)[0]["generation"]["reliability"]
+        for r in requests
+    ]
     print("rome reliability", sum(scores) / len(scores))
     assert sum(scores) / len(scores) >= 0.9, scores
 
@@ -143,7 +135,8 @@ def test_sequential_alphaedit_keeps_more_than_memit(smollm2, smollm2_stats, corp
     false, the original algorithm) MEMIT reached 0.56/0.11/0.85 and 0.392/0.112/0.848 after
     100 and 250 requests: below AlphaEdit in reliability, level in locality."""
     requests = _zsre(500)
-    memit = _edit_and_score(smollm2, "memit", corpus, requests, 50, **SEQUENTIAL_OVERRIDES)
-    alpha = _edit_and_score(smollm2, "alphaedit", corpus, requests, 50, **SEQUENTIAL_OVERRIDES)
+    baseline = Evaluator(smollm2, EvalSettings(protocols=("generation",))).baseline(requests)
+    memit = _edit_and_score(smollm2, "memit", corpus, requests, 50, baseline, **SEQUENTIAL_OVERRIDES)
+    alpha = _edit_and_score(smollm2, "alphaedit", corpus, requests, 50, baseline, **SEQUENTIAL_OVERRIDES)
     assert alpha["reliability"] > memit["reliability"], (alpha, memit)
     assert alpha["locality"] > memit["locality"], (alpha, memit)
