@@ -10,6 +10,7 @@ are saved with the editor's state so a run can be resumed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from editbench.api import EditbenchError
 from editbench.registry import register_editor
 from editors._locate.batch import MultiLayerEditor
 from editors._locate.config import LocateConfig
-from editors._locate.solve import alphaedit_delta, nullspace_projector
+from editors._locate.solve import alphaedit_delta, nullspace_energy, nullspace_projector
 from editors._locate.stats import (
     cache_path,
     load_cached,
@@ -27,6 +28,10 @@ from editors._locate.stats import (
     stats_cache_root,
     tensor_sha256,
 )
+
+log = logging.getLogger(__name__)
+# Share of C's trace inside the null space above which the projection is reported as weak.
+NULLSPACE_ENERGY_WARN = 0.05
 
 
 @dataclass
@@ -69,13 +74,22 @@ class AlphaEditEditor(MultiLayerEditor):
         self.P: dict[int, torch.Tensor] = {}
         self.C_prev: dict[int, torch.Tensor] = {}
         self.nullspace_dims: dict[int, int] = {}
+        energy: dict[str, float] = {}
         for layer, name in self.module_names.items():
             P, rank = cached_projector(name, self.stats[layer], config.nullspace_threshold)
+            energy[str(layer)] = round(nullspace_energy(P, self.stats[layer]), 4)
+            if energy[str(layer)] > NULLSPACE_ENERGY_WARN:
+                log.warning(
+                    "alphaedit: the null space of layer %d (threshold %g, %d of %d dims) holds %.0f%% "
+                    "of the statistics' energy; the projection protects little (lower nullspace_threshold)",
+                    layer, config.nullspace_threshold, rank, P.shape[0], 100 * energy[str(layer)])
             dev = self.weight(layer).device
             self.P[layer] = P.to(dev)
             self.nullspace_dims[layer] = rank
             self.C_prev[layer] = torch.zeros_like(self.P[layer])
-        self.stats_info = {**self.stats_info, "nullspace_dims": {str(k): v for k, v in self.nullspace_dims.items()}}
+        self.stats_info = {**self.stats_info,
+                           "nullspace_dims": {str(k): v for k, v in self.nullspace_dims.items()},
+                           "nullspace_energy": energy}
 
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         return alphaedit_delta(K, R, self.P[layer], self.C_prev[layer], self.config.L2)

@@ -14,6 +14,7 @@ from editors._locate.solve import (
     alphaedit_delta,
     apply_delta,
     memit_delta,
+    nullspace_energy,
     nullspace_projector,
     rome_delta,
     weight_out_in,
@@ -134,6 +135,18 @@ def test_memit_update_solves_its_least_squares_problem():
     torch.testing.assert_close(delta, direct, rtol=1e-8, atol=1e-10)
     # Without earlier keys the problem (and the answer) differs.
     assert not torch.allclose(memit_delta(K, R, C, lam), delta)
+
+
+def test_nullspace_energy_is_the_small_eigenvalues_share():
+    g = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=F64))[0]
+    evals = torch.tensor([5.0, 3.0, 1.0, 0.5, 0.03, 0.01], dtype=F64)
+    C = Q @ torch.diag(evals) @ Q.T
+    P, dims = nullspace_projector(C, 0.05)
+    assert dims == 2
+    assert nullspace_energy(P, C) == pytest.approx(0.04 / float(evals.sum()), rel=1e-9)
+    # A threshold above every eigenvalue makes the "null space" everything.
+    assert nullspace_energy(nullspace_projector(C, 10.0)[0], C) == pytest.approx(1.0)
 
 
 def test_alphaedit_update_leaves_preserved_keys_unchanged():

@@ -67,6 +67,17 @@ def nullspace_projector(C: torch.Tensor, threshold: float) -> tuple[torch.Tensor
     return U @ U.T, int(U.shape[1])
 
 
+def nullspace_energy(P: torch.Tensor, C: torch.Tensor) -> float:
+    """tr(P C) / tr(C): the share of the preserved keys' second moment inside P's range.
+
+    Why: an absolute eigenvalue threshold that makes a true null space for a 7B model's C
+    can, for a smaller model with a flatter spectrum, leave a third of the corpus keys'
+    energy in the "null" space, and then the projection protects little.
+    """
+    C64 = C.to(F64)
+    return float((P.to(C64.device, F64) * C64).sum() / C64.trace().clamp_min(1e-30))
+
+
 def alphaedit_delta(
     K: torch.Tensor, R: torch.Tensor, P: torch.Tensor, C_prev: torch.Tensor, l2: float
 ) -> torch.Tensor:
