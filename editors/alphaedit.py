@@ -18,8 +18,7 @@ import torch
 
 from editbench.api import EditbenchError
 from editbench.registry import register_editor
-from editors._locate.batch import MultiLayerEditor
-from editors._locate.config import LocateConfig
+from editors._locate.batch import MultiLayerConfig, MultiLayerEditor
 from editors._locate.solve import alphaedit_delta, nullspace_energy, nullspace_projector
 from editors._locate.stats import (
     cache_path,
@@ -35,7 +34,7 @@ NULLSPACE_ENERGY_WARN = 0.05
 
 
 @dataclass
-class AlphaEditConfig(LocateConfig):
+class AlphaEditConfig(MultiLayerConfig):
     edits_per_step: int | None = 100
     layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     clamp_norm_factor: float = 0.75
@@ -91,8 +90,10 @@ class AlphaEditEditor(MultiLayerEditor):
                            "nullspace_dims": {str(k): v for k, v in self.nullspace_dims.items()},
                            "nullspace_energy": energy}
 
-    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        return alphaedit_delta(K, R, self.P[layer], self.C_prev[layer], self.config.L2)
+    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
+        C_prev = self.C_prev[layer] if keep is None else self.C_prev[layer].double() + keep
+        return alphaedit_delta(K, R, self.P[layer], C_prev, self.config.L2)
 
     def record_keys(self, layer: int, K: torch.Tensor) -> None:
         self.C_prev[layer] += (K.double() @ K.double().T).float()

@@ -15,13 +15,12 @@ import torch
 
 from editbench.api import EditbenchError
 from editbench.registry import register_editor
-from editors._locate.batch import MultiLayerEditor
-from editors._locate.config import LocateConfig
+from editors._locate.batch import MultiLayerConfig, MultiLayerEditor
 from editors._locate.solve import memit_delta
 
 
 @dataclass
-class MemitConfig(LocateConfig):
+class MemitConfig(MultiLayerConfig):
     layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     clamp_norm_factor: float = 0.75
     mom2_update_weight: float = 15000.0
@@ -42,8 +41,11 @@ class MemitEditor(MultiLayerEditor):
         super().__init__(handle, config)
         self.kkt: dict[int, torch.Tensor] = {}
 
-    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
         prev = self.kkt.get(layer) if self.config.accumulate_keys else None
+        if keep is not None:
+            prev = keep if prev is None else prev.double() + keep
         return memit_delta(K, R, self.stats[layer], self.config.mom2_update_weight, prev)
 
     def record_keys(self, layer: int, K: torch.Tensor) -> None:

@@ -374,3 +374,29 @@ def test_memit_step_fits_its_targets(tiny_llama, corpus_file, stats_cache):
     now = editor.mean_keys(REQUESTS, extra={block: "output"})[block]
     # With a tiny lambda the residual is fitted almost exactly (3 keys, 64-dim keys).
     assert (now - z).norm() / tg.delta.norm() < 0.05
+
+
+@pytest.mark.parametrize("name", ["memit", "alphaedit"])
+def test_context_keys_keep_their_outputs(name, tiny_llama, corpus_file, stats_cache):
+    """With ``context_key_weight`` the update leaves the MLP output at the edit texts' other
+    positions (prompt and target tokens) in place; without it, it moves them."""
+    from editbench.registry import EDITORS
+
+    # AlphaEdit: a threshold above every eigenvalue (P = I), since the tiny model's null
+    # space at 1e-2 has 2 of 64 dimensions, too few to leave room for the edit and the keys.
+    extra = {"nullspace_threshold": 1e9, "L2": 0.1} if name == "alphaedit" else {}
+    _sharpen(tiny_llama)
+    layer = _config(name, corpus_file).layers[0]
+    cls = EDITORS.get(name)
+    ratios = {}
+    for weight in (0.0, 1e4):
+        editor = cls(tiny_llama, _config(name, corpus_file, context_key_weight=weight, **extra))
+        restore = tiny_llama.snapshot(editor.edited_parameters())
+        Kc = editor.context_keys(REQUESTS, layer).double()  # the first edited layer: keys fixed
+        assert Kc.shape[0] > 3 * len(REQUESTS)
+        W0 = editor.weight(layer).detach().double().clone()
+        editor.edit(REQUESTS)
+        dW = editor.weight(layer).detach().double() - W0
+        ratios[weight] = float((dW @ Kc.T).norm() / (dW.norm() * Kc.norm()))
+        restore()
+    assert ratios[1e4] < 1e-3 < ratios[0.0], ratios

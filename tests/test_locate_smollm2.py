@@ -26,7 +26,7 @@ from editbench.runner import edit_and_evaluate
 pytestmark = pytest.mark.integration
 
 # CI-size guards (first 20 zsRE requests of zsre_3k.json): the measured level minus a margin.
-MEMIT_CI_RELIABILITY = 0.8  # measured 0.95 (locality 0.95)
+MEMIT_CI_RELIABILITY = 0.8  # measured 1.00 (locality 0.95; 0.95 without context keys)
 ALPHAEDIT_CI_RELIABILITY = 0.8  # measured 1.00 (locality 0.90), steps of 10
 # The 500-request comparison uses 20 target steps instead of 60 (CPU budget), the same for both.
 SEQUENTIAL_OVERRIDES: dict = {"v_num_grad_steps": 20}
@@ -104,10 +104,10 @@ def test_alphaedit_steps_zsre_ci_size(smollm2, smollm2_stats, corpus):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 3 target not reached yet: 0.73 / 0.25 / 0.83 measured on these "
-                   "100 requests (0.86 on the sweep requests of zsre_train_1k)", strict=False)
 def test_memit_full_size_zsre(smollm2, smollm2_stats, corpus):
-    """The issue's target: the first 100 zsRE requests in one MEMIT step, >= 0.8 reliability."""
+    """The issue's target: the first 100 zsRE requests in one MEMIT step, >= 0.8 reliability.
+    Measured 0.89 / 0.26 / 0.85 with the smollm2 hparams (context_key_weight 1); 0.73 / 0.25 /
+    0.83 with the original objective (context_key_weight 0)."""
     memit = _edit_and_score(smollm2, "memit", corpus, _zsre(100), 100)
     assert memit["reliability"] >= 0.8, memit
 

@@ -5,25 +5,52 @@ For a step of n requests: optimise z_i = h_L(i) + delta_i at the last edited lay
 ascending order: K = the layer's keys (mean over context templates), R = (z - h_L) /
 (layers left), an update from the subclass's closed-form solve, applied before the next
 layer's keys and h_L are read (so later layers see the earlier layers' edits).
+
+``context_key_weight`` (0 = the original papers): the keys at the other positions of each
+request's own text (prompt + target, every position but the first and the key token),
+read at the layer as edited so far, enter the solve with that weight as keys whose outputs
+must not change. Why: the originals rely on C to keep non-subject tokens in place, but a
+small model's update also moves the positions that predict the answer's tokens, and the
+edited model then drifts off the target after its first tokens (smollm2, 100 zsRE
+requests in one MEMIT step: reliability 0.86 -> 0.95 on the sweep requests, weight 1).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from editbench.api import EditRequest, EditStats
+from editbench.tokens import encode_prompt_target
 from editors._locate.base import LocateEditor, target_info
+from editors._locate.config import LocateConfig
+from editors._locate.keys import locate, read_positions
 from editors._locate.solve import apply_delta
+from editors._locate.targets import target_text
+
+
+@dataclass
+class MultiLayerConfig(LocateConfig):
+    context_key_weight: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.context_key_weight >= 0:
+            raise ValueError(f"context_key_weight: expected a number >= 0, got {self.context_key_weight}")
 
 
 class MultiLayerEditor(LocateEditor):
+    config: MultiLayerConfig
+
     @abstractmethod
-    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        """Delta [out, in] (float64) for keys K [in, n] and residuals R [out, n]."""
+    def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Delta [out, in] (float64) for keys K [in, n] and residuals R [out, n]; ``keep``
+        [in, in]: extra sum of k k^T over keys whose outputs this step must not change."""
 
     @abstractmethod
     def record_keys(self, layer: int, K: torch.Tensor) -> None:
@@ -42,7 +69,11 @@ class MultiLayerEditor(LocateEditor):
             K = got[self.module_names[layer]].to(W.device).T  # [in, n]
             cur = got[z_module].to(zs.device)
             R = ((zs - cur) / (len(layers) - i)).to(W.device).T  # [out, n]
-            delta = self.solve(layer, K, R)
+            keep = None
+            if cfg.context_key_weight > 0:
+                Kc = self.context_keys(requests, layer).to(W.device).double()
+                keep = cfg.context_key_weight * (Kc.T @ Kc)
+            delta = self.solve(layer, K, R, keep)
             apply_delta(self.modules[layer], delta, self.layout)
             self.record_keys(layer, K)
             per_layer.append({
@@ -56,3 +87,17 @@ class MultiLayerEditor(LocateEditor):
             info["stats"] = self.stats_info
             self.stats_info = {}
         return EditStats(num_requests=len(requests), info=info)
+
+    def context_keys(self, requests: Sequence[EditRequest], layer: int) -> torch.Tensor:
+        """Keys [m, in] at every position of prompt + target that predicts a target token or
+        precedes the key token, except the first position and the key token itself."""
+        tok, cfg = self.handle.tokenizer, self.config
+        seqs, positions = [], []
+        for r in requests:
+            loc = locate(tok, r.prompt, r.subject, cfg.fact_token)
+            text, eos = target_text(r, cfg.target_suffix)
+            pt = encode_prompt_target(tok, r.prompt, text, append_eos=eos)
+            ids = pt.prompt_ids + pt.target_ids[:-1]
+            seqs.append(ids)
+            positions.append([p for p in range(1, len(ids)) if p != loc.position])
+        return read_positions(self.handle, seqs, positions, self.module_names[layer], "input")

@@ -151,6 +151,30 @@ def read_at(
 
 
 @torch.no_grad()
+def read_positions(
+    handle,
+    seqs: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    name: str,
+    where: Where = "input",
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """One module's input/output at several positions of each token sequence: ``[m, d]``
+    (float32, on the module's device), sequences in order, positions in the given order."""
+    model, pad = handle.model, handle.tokenizer.pad_token_id
+    out: list[torch.Tensor] = []
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start : start + batch_size]
+        ids, mask = pad_right(chunk, pad)
+        with capture(model, {name: where}, stop=True) as store:
+            forward(model, ids.to(handle.input_device), mask.to(handle.input_device))
+        t = store[name]
+        for i, pos in enumerate(positions[start : start + batch_size]):
+            out.append(t[i, torch.tensor(list(pos), dtype=torch.long, device=t.device)].float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def sample_texts(handle, prompts: Sequence[str], length: int, seed: int, top_k: int = 5) -> list[str]:
     """Seeded top-k samples continuing ``prompts`` (context templates, self-generated corpora).
 
