@@ -76,12 +76,12 @@ class AlphaEditEditor(MultiLayerEditor):
         energy: dict[str, float] = {}
         for layer, name in self.module_names.items():
             P, rank = cached_projector(name, self.stats[layer], config.nullspace_threshold)
-            energy[str(layer)] = round(nullspace_energy(P, self.stats[layer]), 4)
-            if energy[str(layer)] > NULLSPACE_ENERGY_WARN:
+            share = energy[str(layer)] = round(nullspace_energy(P, self.stats[layer]), 4)
+            if share > NULLSPACE_ENERGY_WARN:
                 log.warning(
                     "alphaedit: the null space of layer %d (threshold %g, %d of %d dims) holds %.0f%% "
                     "of the statistics' energy; the projection protects little (lower nullspace_threshold)",
-                    layer, config.nullspace_threshold, rank, P.shape[0], 100 * energy[str(layer)])
+                    layer, config.nullspace_threshold, rank, P.shape[0], 100 * share)
             dev = self.weight(layer).device
             self.P[layer] = P.to(dev)
             self.nullspace_dims[layer] = rank

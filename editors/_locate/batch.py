@@ -100,4 +100,5 @@ class MultiLayerEditor(LocateEditor):
             ids = pt.prompt_ids + pt.target_ids[:-1]
             seqs.append(ids)
             positions.append([p for p in range(1, len(ids)) if p != loc.position])
-        return read_positions(self.handle, seqs, positions, self.module_names[layer], "input")
+        name = self.module_names[layer]
+        return read_positions(self.handle, seqs, positions, {name: "input"})[name]

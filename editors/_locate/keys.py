@@ -126,28 +126,16 @@ def forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
         model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
 
 
-@torch.no_grad()
 def read_at(
     handle,
     items: Sequence[Located],
     specs: dict[str, Where],
     batch_size: int = 32,
 ) -> dict[str, torch.Tensor]:
-    """Each module's input/output at each item's key position: ``{name: [n, d]}`` (float32, CPU-free:
+    """Each module's input/output at each item's key position: ``{name: [n, d]}`` (float32,
     on the module's device)."""
-    model, pad = handle.model, handle.tokenizer.pad_token_id
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        ids, mask = pad_right([it.ids for it in chunk], pad)
-        rows = torch.arange(len(chunk))
-        cols = torch.tensor([it.position for it in chunk])
-        with capture(model, specs, stop=True) as store:
-            forward(model, ids.to(handle.input_device), mask.to(handle.input_device))
-        for name in specs:
-            t = store[name]
-            out[name].append(t[rows.to(t.device), cols.to(t.device)].float())
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    return read_positions(handle, [it.ids for it in items], [[it.position] for it in items],
+                          specs, batch_size)
 
 
 @torch.no_grad()
@@ -155,23 +143,25 @@ def read_positions(
     handle,
     seqs: Sequence[Sequence[int]],
     positions: Sequence[Sequence[int]],
-    name: str,
-    where: Where = "input",
+    specs: dict[str, Where],
     batch_size: int = 32,
-) -> torch.Tensor:
-    """One module's input/output at several positions of each token sequence: ``[m, d]``
-    (float32, on the module's device), sequences in order, positions in the given order."""
+) -> dict[str, torch.Tensor]:
+    """Each module's input/output at the given positions of each token sequence:
+    ``{name: [m, d]}`` (float32, on the module's device), sequences in order, each one's
+    positions in the given order; one forward per batch, stopped after the last module."""
     model, pad = handle.model, handle.tokenizer.pad_token_id
-    out: list[torch.Tensor] = []
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
     for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start : start + batch_size]
-        ids, mask = pad_right(chunk, pad)
-        with capture(model, {name: where}, stop=True) as store:
+        ids, mask = pad_right(seqs[start : start + batch_size], pad)
+        chunk_pos = positions[start : start + batch_size]
+        rows = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(chunk_pos)])
+        cols = torch.tensor([c for p in chunk_pos for c in p], dtype=torch.long)
+        with capture(model, specs, stop=True) as store:
             forward(model, ids.to(handle.input_device), mask.to(handle.input_device))
-        t = store[name]
-        for i, pos in enumerate(positions[start : start + batch_size]):
-            out.append(t[i, torch.tensor(list(pos), dtype=torch.long, device=t.device)].float())
-    return torch.cat(out)
+        for name in specs:
+            t = store[name]
+            out[name].append(t[rows.to(t.device), cols.to(t.device)].float())
+    return {name: torch.cat(parts) for name, parts in out.items()}
 
 
 @torch.no_grad()
