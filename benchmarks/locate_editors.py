@@ -1,4 +1,4 @@
-"""Benchmarks of the locate-then-edit editors on smollm2-135m (prints one JSON object).
+"""Benchmarks of the locate-then-edit editors (default smollm2-135m; prints one JSON object).
 
 Parts (``--parts``, comma-separated):
 - ``stats``: the layer-statistics pass over all edited layers at once vs one pass per layer
@@ -12,6 +12,10 @@ the editing seconds per request.
 
     EDITBENCH_PROGRESS=0 python benchmarks/locate_editors.py --data-dir ../shared/data \
         --parts stats,rome,memit,alphaedit,sequential
+
+On a GPU server, any model with hparams for the three editors (``--model llama3-8b --device
+auto``); ``--corpus`` takes any statistics corpus the hparams accept (an HF dataset spec, a
+local file relative to the working directory, or ``self``).
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from editbench.runner import edit_and_evaluate
 from editors._locate.stats import compute_second_moments, resolve_corpus
 
 
-def config_for(editor: str, overrides: dict):
+def config_for(editor: str, model: str, overrides: dict):
     cls = EDITORS.get(editor).config_class
-    config, _ = load_hparams(cls, editor, "smollm2-135m", overrides)
+    config, _ = load_hparams(cls, editor, model, overrides)
     return config
 
 
@@ -47,7 +51,7 @@ def summarize(results: dict) -> dict:
 
 
 def run_sequence(handle, editor_name, requests, step, overrides, evaluator, baseline):
-    config = config_for(editor_name, overrides)
+    config = config_for(editor_name, handle.preset.name, overrides)
     t0 = time.perf_counter()
     editor = EDITORS.get(editor_name)(handle, config)
     setup = time.perf_counter() - t0
@@ -57,7 +61,7 @@ def run_sequence(handle, editor_name, requests, step, overrides, evaluator, base
 
 
 def part_stats(handle, args):
-    config = config_for("memit", {"stats_corpus": args.corpus})
+    config = config_for("memit", handle.preset.name, {"stats_corpus": args.corpus})
     names = [handle.module_name("mlp_down", layer) for layer in config.layers]
     corpus = resolve_corpus(args.corpus)
     t0 = time.perf_counter()
@@ -80,6 +84,9 @@ def part_stats(handle, args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--corpus", default=None, help="statistics corpus (default: the shared wiki passages)")
     p.add_argument("--parts", default="stats,rome,memit,alphaedit,sequential")
     p.add_argument("--stats-tokens", type=int, default=20000)
     p.add_argument("--rome-n", type=int, default=20)
@@ -90,7 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="editor=key=value override")
     args = p.parse_args(argv)
     # hparams refuse absolute paths: pass the corpus relative to the working directory.
-    args.corpus = os.path.relpath(Path(args.data_dir) / "corpus" / "wiki_passages.jsonl")
+    if args.corpus is None:
+        args.corpus = os.path.relpath(Path(args.data_dir) / "corpus" / "wiki_passages.jsonl")
     overrides: dict[str, dict] = {"rome": {}, "memit": {}, "alphaedit": {}}
     for item in args.set:
         editor, key, value = item.split("=", 2)
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
     for o in overrides.values():
         o.setdefault("stats_corpus", args.corpus)
     parts = args.parts.split(",")
-    handle = load_model("smollm2-135m", device="cpu")
+    handle = load_model(args.model, device=args.device)
     evaluator = Evaluator(handle, EvalSettings(protocols=("generation",)))
     out: dict = {"torch_threads": torch.get_num_threads()}
     if "stats" in parts:
