@@ -24,12 +24,14 @@ from pathlib import Path
 
 import torch
 
+from editbench.config import load_hparams
 from editbench.data import load_dataset
 from editbench.models import load_model
 from editbench.tokens import encode_prompt
 from editors._locate.keys import locate, read_positions
 from editors._locate.solve import nullspace_energy, nullspace_projector
 from editors._locate.stats import resolve_corpus, second_moments
+from editors.alphaedit import AlphaEditConfig
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -59,19 +61,22 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="zsre-3k")
     p.add_argument("--num", type=int, default=200, help="requests whose keys are probed")
     p.add_argument("--layers", default="all")
-    p.add_argument("--thresholds", default="0.02,0.005")
-    p.add_argument("--stats-tokens", type=int, default=50000)
-    p.add_argument("--fact-token", default="subject_last")
+    p.add_argument("--thresholds", default=None, help="comma-separated (default: the hparams' and 0.005)")
+    p.add_argument("--corpus", default=None, help="statistics corpus (default: the shared wiki passages)")
     args = p.parse_args(argv)
-    corpus = os.path.relpath(Path(args.data_dir) / "corpus" / "wiki_passages.jsonl")
+    # The model's AlphaEdit hparams give the statistics settings, so C is the editor's own (cached).
+    corpus = args.corpus or os.path.relpath(Path(args.data_dir) / "corpus" / "wiki_passages.jsonl")
+    cfg, _ = load_hparams(AlphaEditConfig, "alphaedit", args.model, {"stats_corpus": corpus})
+    thresholds = args.thresholds or f"{cfg.nullspace_threshold},0.005"
     handle = load_model(args.model, device=args.device)
     tok = handle.tokenizer
     layers = parse_layers(args.layers, handle.num_layers)
     names = {layer: handle.module_name("mlp_down", layer) for layer in layers}
-    stats, _ = second_moments(handle, list(names.values()), resolve_corpus(corpus), args.stats_tokens)
+    stats, _ = second_moments(handle, list(names.values()), resolve_corpus(corpus), cfg.stats_tokens,
+                              cfg.stats_seq_len, cfg.stats_batch_size, cfg.stats_dtype)
 
     requests = load_dataset(args.dataset, data_dir=args.data_dir, num=args.num).requests
-    found = [locate(tok, r.prompt, r.subject, args.fact_token) for r in requests]
+    found = [locate(tok, r.prompt, r.subject, cfg.fact_token) for r in requests]
     edit = read_positions(handle, [f.ids for f in found], [[f.position] for f in found],
                           {n: "input" for n in names.values()})
     loc_ids = [encode_prompt(tok, lp.prompt) for r in requests for lp in r.locality]
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
     for layer, name in names.items():
         C = stats[name].double()
         row: dict = {"layer": layer, "corpus_trace": round(float(C.trace()), 3)}
-        for t in (float(x) for x in args.thresholds.split(",")):
+        for t in (float(x) for x in thresholds.split(",")):
             P, dims = nullspace_projector(C, t)
             share = {"corpus": nullspace_energy(P, C), "edit": nullspace_energy(P, second_moment(edit[name])),
                      "locality": nullspace_energy(P, second_moment(loc[name]))}
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
             }
         rows.append(row)
     out = {"model": args.model, "dataset": args.dataset, "num": len(requests),
-           "locality_prompts": len(loc_ids), "stats_tokens": args.stats_tokens, "layers": rows}
+           "locality_prompts": len(loc_ids), "stats_corpus": corpus, "stats_tokens": cfg.stats_tokens, "layers": rows}
     print(json.dumps(out, indent=1))
     return 0
 
