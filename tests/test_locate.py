@@ -392,7 +392,7 @@ def test_context_keys_keep_their_outputs(name, tiny_llama, corpus_file, stats_ca
     for weight in (0.0, 1e4):
         editor = cls(tiny_llama, _config(name, corpus_file, context_key_weight=weight, **extra))
         restore = tiny_llama.snapshot(editor.edited_parameters())
-        Kc = editor.context_keys(REQUESTS, layer).double()  # the first edited layer: keys fixed
+        Kc = editor.context_keys(editor.context_positions(REQUESTS), layer).double()  # the first edited layer: keys fixed
         assert Kc.shape[0] > 3 * len(REQUESTS)
         W0 = editor.weight(layer).detach().double().clone()
         editor.edit(REQUESTS)

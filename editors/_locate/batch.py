@@ -63,6 +63,7 @@ class MultiLayerEditor(LocateEditor):
         tg = self.targets(requests, z_module)
         zs = tg.h_bare + tg.delta
         per_layer: list[dict[str, Any]] = []
+        context = self.context_positions(requests) if cfg.context_key_weight > 0 else None
         for i, layer in enumerate(layers):
             got = self.mean_keys(requests, extra={z_module: "output"}, layer=layer)
             W = self.weight(layer)
@@ -70,8 +71,8 @@ class MultiLayerEditor(LocateEditor):
             cur = got[z_module].to(zs.device)
             R = ((zs - cur) / (len(layers) - i)).to(W.device).T  # [out, n]
             keep = None
-            if cfg.context_key_weight > 0:
-                Kc = self.context_keys(requests, layer).to(W.device).double()
+            if context is not None:
+                Kc = self.context_keys(context, layer).to(W.device).double()
                 keep = cfg.context_key_weight * (Kc.T @ Kc)
             delta = self.solve(layer, K, R, keep)
             apply_delta(self.modules[layer], delta, self.layout)
@@ -88,9 +89,11 @@ class MultiLayerEditor(LocateEditor):
             self.stats_info = {}
         return EditStats(num_requests=len(requests), info=info)
 
-    def context_keys(self, requests: Sequence[EditRequest], layer: int) -> torch.Tensor:
-        """Keys [m, in] at every position of prompt + target that predicts a target token or
-        precedes the key token, except the first position and the key token itself."""
+    def context_positions(self, requests: Sequence[EditRequest]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids of each request's prompt + target (all but its last token) and the positions
+        whose keys are kept: every position that predicts a target token or precedes the key
+        token, except the first position and the key token itself. Tokenized once per step; the
+        keys are read per layer (``context_keys``) because earlier layers' edits move them."""
         tok, cfg = self.handle.tokenizer, self.config
         seqs, positions = [], []
         for r in requests:
@@ -100,5 +103,9 @@ class MultiLayerEditor(LocateEditor):
             ids = pt.prompt_ids + pt.target_ids[:-1]
             seqs.append(ids)
             positions.append([p for p in range(1, len(ids)) if p != loc.position])
+        return seqs, positions
+
+    def context_keys(self, context: tuple[list[list[int]], list[list[int]]], layer: int) -> torch.Tensor:
+        """Keys [m, in] at ``layer`` for ``context_positions``' sequences and positions."""
         name = self.module_names[layer]
-        return read_positions(self.handle, seqs, positions, {name: "input"})[name]
+        return read_positions(self.handle, *context, {name: "input"})[name]
