@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from editbench.errors import EditbenchError
+
 if TYPE_CHECKING:
     from editbench.models import ModelHandle
 
-
-class EditbenchError(Exception):
-    """A user-facing error: printed as one line by the CLI, never with a traceback."""
+__all__ = ["BaseEditor", "EditRequest", "EditStats", "EditbenchError", "EditorConfig",
+           "LocalityPrompt"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from editbench.api import EditbenchError
+from editbench.errors import EditbenchError
 
 
 def _positive(text: str) -> int:
@@ -177,8 +177,8 @@ def _cmd_capability(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from editbench.capability import CapabilitySettings, cached_pre_edit, evaluate_suite, load_suite
+    from editbench.files import atomic_write_json
     from editbench.models import load_model
-    from editbench.results import atomic_write_json
 
     suite = load_suite(args.suite)
     settings = CapabilitySettings(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir)

@@ -18,7 +18,7 @@ from typing import Any, Union
 import yaml
 
 from editbench.api import EditbenchError, EditorConfig
-from editbench.registry import did_you_mean
+from editbench.errors import did_you_mean
 from editbench.resources import resource_dir
 
 FORBIDDEN_KEYS = {"device", "devices", "gpu", "gpus", "cuda", "device_id", "model_path"}

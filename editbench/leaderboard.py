@@ -16,7 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from editbench.api import EditbenchError
+from editbench.errors import EditbenchError
 from editbench.results import RunDir
 
 METRIC_COLUMNS = ("reliability", "generalization", "locality")

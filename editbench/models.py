@@ -25,8 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from editbench.api import EditbenchError
-from editbench.registry import did_you_mean
+from editbench.errors import EditbenchError, did_you_mean
 from editbench.resources import cache_dir
 
 log = logging.getLogger(__name__)

@@ -8,24 +8,17 @@ core never imports ``editors/`` by name. Unknown names fail with a "did you mean
 
 from __future__ import annotations
 
-import difflib
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from editbench.api import EditbenchError
+from editbench.errors import EditbenchError, UnknownNameError, did_you_mean
+
+__all__ = ["DATASETS", "EDITORS", "Registry", "UnknownNameError", "did_you_mean",
+           "register_dataset", "register_editor"]
 
 T = TypeVar("T")
-
-
-class UnknownNameError(EditbenchError):
-    pass
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 class Registry(Generic[T]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from editbench.api import EditbenchError
+from editbench.errors import EditbenchError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -12,45 +12,15 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from editbench.api import EditbenchError
+from editbench.errors import EditbenchError
+from editbench.files import atomic_write, atomic_write_json, atomic_write_text, dumps, read_jsonl
 
 METRICS_SCHEMA_VERSION = 1
-
-
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, set | tuple):
-        return list(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_default, ensure_ascii=False)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, default=_default, indent=2, ensure_ascii=False) + "\n")
 
 
 class JsonlStream:
@@ -74,9 +44,8 @@ class JsonlStream:
     def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Drop records written after a checkpoint (resume), keeping those ``keep`` accepts."""
         if self.part.is_file():
-            lines = [ln for ln in self.part.read_text(encoding="utf-8").split("\n") if ln.strip()]
-            kept = [ln for ln in lines if keep(json.loads(ln))]
-            atomic_write_text(self.part, "".join(ln + "\n" for ln in kept))
+            kept = [rec for _, rec in read_jsonl(self.part) if keep(rec)]
+            atomic_write_text(self.part, "".join(dumps(rec) + "\n" for rec in kept))
 
     def flush(self) -> None:
         if self._fh is not None:
@@ -175,14 +144,7 @@ class RunDir:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         import torch
 
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.checkpoint_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
         import torch

@@ -62,25 +62,36 @@ class TargetBatch:
         return TargetBatch(*(t.to(device) for t in vars(self).values()))
 
 
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ``[B, W]`` ids and attention mask, right- or left-padded.
+
+    The one padding helper: training and teacher forcing pad right (positions stay
+    natural), generation pads left (the next token follows every prompt).
+    """
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    width = int(lengths.max()) if len(seqs) else 0
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    cols = torch.arange(width)[None, :]
+    mask = cols >= (width - lengths)[:, None] if left else cols < lengths[:, None]
+    ids[mask] = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    return ids, mask.long()
+
+
 def collate_targets(items: Sequence[PromptTarget], pad_id: int) -> TargetBatch:
     """Pad to the longest sequence in this batch (right padding, so positions are natural)."""
-    width = max(len(it.ids) for it in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    rows, cols, labels = [], [], []
-    for i, it in enumerate(items):
-        ids = it.ids
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1
-        start = len(it.prompt_ids)
-        for j, tok in enumerate(it.target_ids):
-            rows.append(i)
-            cols.append(start + j - 1)  # logits at position p predict token p + 1
-            labels.append(tok)
-    rows_t = torch.tensor(rows)
-    return TargetBatch(
-        input_ids, mask, rows_t, torch.tensor(cols), torch.tensor(labels), rows_t.clone()
-    )
+    input_ids, mask = pad_batch([it.ids for it in items], pad_id)
+    prompt_len = torch.tensor([len(it.prompt_ids) for it in items], dtype=torch.long)
+    target_len = torch.tensor([len(it.target_ids) for it in items], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(items)), target_len)
+    # j-th target token of sample i sits at prompt_len[i] + j; the logits one position
+    # earlier predict it.
+    first = torch.cumsum(target_len, 0) - target_len
+    offset = torch.arange(len(rows)) - first[rows]
+    cols = prompt_len[rows] + offset - 1
+    labels = torch.tensor([t for it in items for t in it.target_ids], dtype=torch.long)
+    return TargetBatch(input_ids, mask, rows, cols, labels, rows.clone())
 
 
 def target_logits(model, batch: TargetBatch) -> torch.Tensor:

@@ -283,7 +283,7 @@ def test_jsonl_records_may_hold_unicode_line_separators(tmp_path):
     task, path = load_task(str(_write(tmp_path / "t.yaml", "kind: perplexity\ndata: t.jsonl\n")))
     assert read_records(task, path, None)[0] == rows
     data.write_text('{"text": "ok"}\n{"text": broken}\n')
-    with pytest.raises(EditbenchError, match=r"t.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(EditbenchError, match=r"t.jsonl: line 2: invalid JSON"):
         read_records(task, path, None)
 
 

@@ -10,8 +10,9 @@ import pytest
 from conftest import make_tiny
 from editbench.api import EditbenchError
 from editbench.cli import main
+from editbench.files import atomic_write_json
 from editbench.leaderboard import tables
-from editbench.results import JsonlStream, RunDir, atomic_write_json
+from editbench.results import JsonlStream, RunDir
 
 RECORDS = [
     {"case_id": i, "prompt": p, "subject": s, "target_new": t, "ground_truth": g,

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from editbench.api import EditbenchError
 from editbench.capability import scoring
 from editbench.capability.spec import Suite, TaskSpec, read_records, resolve_data, split
+from editbench.errors import EditbenchError
+from editbench.files import atomic_write_json
 from editbench.progress import bar
 from editbench.resources import cache_dir
-from editbench.results import atomic_write_json
 
 CACHE_VERSION = 1
 

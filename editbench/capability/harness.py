@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from editbench.api import EditbenchError
 from editbench.capability.evaluate import CapabilitySettings
 from editbench.capability.spec import TaskSpec
+from editbench.errors import EditbenchError
 
 INSTALL_HINT = "the lm-eval backend needs lm-evaluation-harness: pip install 'editbench[lm-eval]'"
 

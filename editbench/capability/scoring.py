@@ -27,7 +27,13 @@ import torch
 
 from editbench.evaluate.generation import generate_answers, length_batches
 from editbench.evaluate.normalize import cut_at_stop, normalize_answer
-from editbench.tokens import PromptTarget, collate_targets, encode_prompt_target, target_logits
+from editbench.tokens import (
+    PromptTarget,
+    collate_targets,
+    encode_prompt_target,
+    pad_batch,
+    target_logits,
+)
 
 NORMALIZATIONS = ("none", "tokens", "chars")
 
@@ -133,12 +139,7 @@ def _shared_prompt_logprobs(handle, group: Sequence[Sequence[PromptTarget]]) -> 
     base, head = model.base_model, model.get_output_embeddings()
     device = handle.input_device
     prompts = [g[0].prompt_ids for g in group]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(group), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
+    ids, mask = pad_batch(prompts, pad, left=True)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = base(input_ids=ids.to(device), attention_mask=mask.to(device),
                position_ids=pos.to(device), use_cache=True)
@@ -154,11 +155,7 @@ def _shared_prompt_logprobs(handle, group: Sequence[Sequence[PromptTarget]]) -> 
     hidden = None
     if owidth > 0:
         cache.reorder_cache(index.to(last.device))
-        oids = torch.full((len(options), owidth), pad, dtype=torch.long)
-        omask = torch.zeros_like(oids)
-        for r, o in enumerate(options):
-            oids[r, : len(o) - 1] = torch.tensor(o[:-1])
-            omask[r, : len(o) - 1] = 1
+        oids, omask = pad_batch([o[:-1] for o in options], pad)
         lengths = mask.sum(-1)[index]
         opos = lengths[:, None] + torch.arange(owidth)[None, :]
         full_mask = torch.cat([mask[index], omask], dim=1)

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from editbench.api import EditbenchError
 from editbench.config import ConfigError, build_config, read_yaml
-from editbench.registry import did_you_mean
+from editbench.errors import EditbenchError, did_you_mean
+from editbench.files import read_jsonl
 from editbench.resources import resource_dir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -257,20 +257,11 @@ def read_records(task: TaskSpec, task_file: Path, data_dir: str | os.PathLike[st
             ) from exc
         return [dict(r) for r in ds], f"hf:{task.hf_dataset}/{task.hf_config or ''}:{task.hf_split}"
     path = resolve_data(task, task_file, data_dir)
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        # split on "\n" only: str.splitlines also breaks at U+2028, U+0085... inside strings
-        records = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise EditbenchError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
+        records = [record for _, record in read_jsonl(path)]
     else:
         try:
-            records = json.loads(text)
+            records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise EditbenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

@@ -16,12 +16,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from editbench.api import EditbenchError, EditRequest, LocalityPrompt
+from editbench.files import jsonl_records
 
 logger = logging.getLogger(__name__)
 
@@ -324,19 +325,6 @@ def _json_records(path: Path, text: str) -> list[Any]:
     return data
 
 
-def _jsonl_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """(line number, record) for each non-blank line."""
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EditbenchError(
-                f"{path}: line {lineno}: invalid JSON at column {exc.colno}: {exc.msg}"
-            ) from None
-
-
 def _is_jsonl(path: Path, text: str) -> bool:
     if path.suffix.lower() in _JSONL_SUFFIXES:
         return True
@@ -351,7 +339,7 @@ def parse_text(path: Path, text: str, *, target: str | None = None) -> ParsedFil
     """Parse a file's text (``sha256`` left empty); raises on the first bad record."""
     if _is_jsonl(path, text):
         fmt = "jsonl"
-        items = [(f"line {lineno}", rec) for lineno, rec in _jsonl_records(path, text)]
+        items = [(f"line {lineno}", rec) for lineno, rec in jsonl_records(text.split("\n"), path)]
     else:
         fmt = ""
         items = [(f"record {i}", rec) for i, rec in enumerate(_json_records(path, text))]

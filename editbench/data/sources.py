@@ -9,19 +9,18 @@ cache never holds a partial or wrong file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from editbench.api import EditbenchError
+from editbench.errors import EditbenchError
+from editbench.files import atomic_write
 from editbench.resources import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -90,13 +89,11 @@ def download(url: str, dest: Path, sha256: str | None, *, timeout: float = DOWNL
 
     A mismatch with ``sha256`` raises ``EditbenchError`` and leaves nothing at ``dest``.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
+    digest = hashlib.sha256()
+
+    def fetch(tmp: Path) -> None:
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            with tmp.open("wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 while chunk := resp.read(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
@@ -108,18 +105,14 @@ def download(url: str, dest: Path, sha256: str | None, *, timeout: float = DOWNL
             else:
                 reason = exc
             raise DownloadError(" ".join(str(reason).split()) or type(exc).__name__) from exc
-        got = digest.hexdigest()
-        if sha256 is not None and got != sha256:
+        if sha256 is not None and digest.hexdigest() != sha256:
             raise EditbenchError(
-                f"downloaded {url} has sha256 {got}, expected {sha256}; not using it "
-                f"(nothing was written to {dest})"
+                f"downloaded {url} has sha256 {digest.hexdigest()}, expected {sha256}; not "
+                f"using it (nothing was written to {dest})"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is a plain user folder
-        os.replace(tmp, dest)
-        return got
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+
+    atomic_write(dest, fetch)
+    return digest.hexdigest()
 
 
 def offline() -> bool:

@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 
 from editbench.evaluate.normalize import STOP_CHARS, cut_at_stop
-from editbench.tokens import encode_prompt
+from editbench.tokens import encode_prompt, pad_batch
 
 
 @lru_cache(maxsize=8)
@@ -57,12 +57,8 @@ def generate_answers(
     outputs: list[str] = [""] * len(prompts)
     device = handle.input_device
     for batch in length_batches([len(e) for e in encoded], batch_size):
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(batch):  # left padding: the next token follows every prompt
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, left=True)
+        width = ids.shape[1]
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

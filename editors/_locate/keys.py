@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from editbench.api import EditbenchError
+from editbench.tokens import pad_batch
 
 STARTERS = ("The", "Therefore", "Because", "I", "You")
 Where = Literal["input", "output"]
@@ -67,16 +68,6 @@ def locate(tokenizer, text: str, subject: str, rule: str) -> Located:
     if not covering:
         return Located(ids, len(ids) - 1, subject_found=False)
     return Located(ids, covering[-1] if rule == "subject_last" else covering[0])
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 def _first_tensor(x):
@@ -152,7 +143,7 @@ def read_positions(
     model, pad = handle.model, handle.tokenizer.pad_token_id
     out: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
     for start in range(0, len(seqs), batch_size):
-        ids, mask = pad_right(seqs[start : start + batch_size], pad)
+        ids, mask = pad_batch(seqs[start : start + batch_size], pad)
         chunk_pos = positions[start : start + batch_size]
         rows = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(chunk_pos)])
         cols = torch.tensor([c for p in chunk_pos for c in p], dtype=torch.long)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,10 +29,12 @@ from typing import Any
 
 import torch
 
-from editbench.api import EditbenchError
+from editbench.errors import EditbenchError
+from editbench.files import atomic_write, read_jsonl
 from editbench.progress import bar
 from editbench.resources import cache_dir
-from editors._locate.keys import capture, forward, pad_right, sample_texts
+from editbench.tokens import pad_batch
+from editors._locate.keys import capture, forward, sample_texts
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -93,28 +94,22 @@ def resolve_corpus(spec: str, seed: int = 0) -> Corpus:
 
 
 def _file_texts(path: Path) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        for lineno, record in read_jsonl(path):
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise EditbenchError(f"{path}: line {lineno}: expected an object with a 'text' string")
+            yield record["text"]
+        return
     with path.open(encoding="utf-8") as fh:
-        if path.suffix == ".jsonl":
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EditbenchError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise EditbenchError(f"{path}:{lineno}: expected an object with a 'text' string")
-                yield record["text"]
-        else:
-            block: list[str] = []
-            for line in fh:  # paragraphs separated by blank lines
-                if line.strip():
-                    block.append(line.strip())
-                elif block:
-                    yield " ".join(block)
-                    block = []
-            if block:
+        block: list[str] = []
+        for line in fh:  # paragraphs separated by blank lines
+            if line.strip():
+                block.append(line.strip())
+            elif block:
                 yield " ".join(block)
+                block = []
+        if block:
+            yield " ".join(block)
 
 
 def _hf_parts(spec: str) -> tuple[str, str | None, str]:
@@ -209,15 +204,7 @@ def cache_path(root: Path, meta: dict[str, Any]) -> Path:
 def save_cached(path: Path, meta: dict[str, Any], tensor: torch.Tensor, extra: dict[str, Any]) -> None:
     tensor = tensor.detach().contiguous().cpu()
     payload = {"meta": meta, "sha256": tensor_sha256(tensor), "tensor": tensor, "extra": extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_cached(path: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]] | None:
@@ -290,7 +277,7 @@ def compute_second_moments(
     with bar(f"layer statistics ({len(modules)} modules)", num_tokens, "tok") as pbar, \
             torch.no_grad():
         for b, seqs in enumerate(_batches(handle, corpus, num_tokens, seq_len, batch_size)):
-            ids, mask = pad_right(seqs, handle.tokenizer.pad_token_id)
+            ids, mask = pad_batch(seqs, handle.tokenizer.pad_token_id)
             with capture(model, specs, stop=True) as store:
                 forward(model, ids.to(device), mask.to(device))
             for name in modules:

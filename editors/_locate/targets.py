@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from editbench.api import EditbenchError, EditRequest
-from editbench.tokens import collate_targets, encode_prompt_target, per_sample_mean
+from editbench.tokens import collate_targets, encode_prompt_target, pad_batch, per_sample_mean
 from editors._locate.config import LocateConfig
 from editors._locate.keys import Located, _first_tensor, locate
 
@@ -124,16 +124,8 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
         kl_locs.append(kl)
         missing += miss
     batch = collate_targets(items, tok.pad_token_id)
-    # Append the KL rows (prompt only) to the same forward.
-    kl_width = max(len(k.ids) for k in kl_locs)
-    width = max(batch.input_ids.shape[1], kl_width)
-    ids = torch.full((n * t + n, width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    ids[: n * t, : batch.input_ids.shape[1]] = batch.input_ids
-    mask[: n * t, : batch.input_ids.shape[1]] = batch.attention_mask
-    for j, k in enumerate(kl_locs):
-        ids[n * t + j, : len(k.ids)] = torch.tensor(k.ids)
-        mask[n * t + j, : len(k.ids)] = 1
+    # The KL rows (prompt only) go into the same forward, after the rewriting rows.
+    ids, mask = pad_batch([it.ids for it in items] + [k.ids for k in kl_locs], tok.pad_token_id)
     rows = torch.arange(n * t + n)
     cols = torch.tensor(positions + [k.position for k in kl_locs])
     group = torch.cat([torch.arange(n).repeat_interleave(t), torch.arange(n)])
