@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,21 +17,54 @@ from editbench.errors import EditbenchError
 if TYPE_CHECKING:
     from editbench.models import ModelHandle
 
-__all__ = ["BaseEditor", "EditRequest", "EditStats", "EditbenchError", "EditorConfig",
-           "LocalityPrompt"]
+__all__ = ["LOCALITY_KINDS", "BaseEditor", "EditRequest", "EditStats", "EditbenchError",
+           "EditorConfig", "LocalityPrompt", "PortabilityPrompt"]
+
+LOCALITY_KINDS = ("neighbourhood", "distant")
+"""``neighbourhood``: same relation, another subject (CounterFact's neighbourhood prompts),
+the strong test; ``distant``: unrelated prompts (zsRE's Natural Questions), the weak one."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalityPrompt:
-    """An unrelated prompt whose behaviour must survive the edits, with its gold answer."""
+    """An unrelated prompt whose behaviour must survive the edits, with its gold answer.
+
+    ``kind`` is one of :data:`LOCALITY_KINDS`, or None where the data does not say.
+    """
 
     prompt: str
     answer: str
+    kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in LOCALITY_KINDS:
+            raise EditbenchError(
+                f"locality prompt {self.prompt!r}: kind {self.kind!r} is not one of "
+                f"{list(LOCALITY_KINDS)}"
+            )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class PortabilityPrompt:
+    """A prompt that needs the edited fact one step further (KnowEdit), with its answer.
+
+    ``kind``: e.g. ``reasoning`` (one hop), ``subject_aliasing``, ``logical_generalization``.
+    """
+
+    prompt: str
+    answer: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class EditRequest:
-    """One edit: make ``prompt`` (which mentions ``subject``) continue with ``target_new``."""
+    """One edit: make ``prompt`` (which mentions ``subject``) continue with ``target_new``.
+
+    Optional parts, present where the data has them: ``portability`` prompts (KnowEdit),
+    ``generation_prompts`` about the subject and ``reference_texts`` about the new target
+    (CounterFact's generation prompts and attribute snippets, for fluency and consistency),
+    and the ``timestep`` a request belongs to (WikiBigEdit's snapshots).
+    """
 
     case_id: str
     prompt: str
@@ -40,6 +73,10 @@ class EditRequest:
     target_true: str | None = None
     rephrase_prompts: tuple[str, ...] = ()
     locality: tuple[LocalityPrompt, ...] = ()
+    portability: tuple[PortabilityPrompt, ...] = ()
+    generation_prompts: tuple[str, ...] = ()
+    reference_texts: tuple[str, ...] = ()
+    timestep: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("case_id", "prompt", "subject", "target_new"):
@@ -53,8 +90,9 @@ class EditRequest:
             raise EditbenchError(
                 f"EditRequest {self.case_id!r}: field 'target_true' must be a string or None"
             )
-        object.__setattr__(self, "rephrase_prompts", tuple(self.rephrase_prompts))
-        object.__setattr__(self, "locality", tuple(self.locality))
+        for name in ("rephrase_prompts", "locality", "portability", "generation_prompts",
+                     "reference_texts"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,6 +142,26 @@ class BaseEditor(ABC):
             )
         self.handle = handle
         self.config = config
+        self._boundary_hook: Callable[[int], None] | None = None
+
+    def set_boundary_hook(self, hook: Callable[[int], None] | None) -> None:
+        """The runner's checkpoint hook (see :meth:`boundary`); None removes it."""
+        self._boundary_hook = hook
+
+    def boundary(self, passes: int) -> None:
+        """Tell the runner that ``passes`` more request-passes were trained since the last
+        call and that this is a safe point inside :meth:`edit` (e.g. an epoch's end).
+
+        Why: a breadth-first step over 100K requests is one step; checkpoints inside it are
+        what makes such a run survive a crash. At a boundary the runner may save the edited
+        tensors and :meth:`state_dict`, which must then hold the step's progress (epoch,
+        shuffled order, optimizer moments, RNG states) so that, after
+        :meth:`load_state_dict`, calling :meth:`edit` with the same requests continues
+        from this point instead of starting the step again. Editors that never call it are
+        checkpointed between steps only.
+        """
+        if self._boundary_hook is not None:
+            self._boundary_hook(passes)
 
     @abstractmethod
     def edit(self, requests: Sequence[EditRequest]) -> EditStats:

@@ -168,6 +168,7 @@ def run(spec: RunSpec) -> RunDir:
         },
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    run_config["comparability"] = comparability(run_config)
     if checkpoint is None:
         out.write_config(run_config)
 
@@ -268,6 +269,33 @@ def run(spec: RunSpec) -> RunDir:
     out.write_metrics(metrics)
     out.remove_checkpoint()
     return out
+
+
+def comparability(run_config: dict[str, Any]) -> dict[str, Any]:
+    """Everything besides editor, model, hparams and seed that changes a run's numbers.
+
+    Written into ``config.json``; the leaderboard puts two runs in one column only when
+    these dicts are equal (for a protocol: with ``protocol_definitions`` narrowed to it), so
+    a setting added here reaches the tables without touching the leaderboard.
+    """
+    d, p = run_config["dataset"], run_config["protocol"]
+    cap = run_config.get("capability")
+    return {
+        "dataset": d["name"],
+        "dataset_sha256": d["sha256"],
+        "edit_target": d["target"],
+        "num_edits": d["num_edits"],
+        "sample": d["sample"],
+        "protocol_definitions": {name: p["definitions"][name] for name in p["protocols"]},
+        "max_new_tokens": p["max_new_tokens"],
+        "locality_definition": p["locality_definition"],
+        "evaluation": p["evaluation"],
+        "eval_batch_size": p["batch_size"],
+        "dtype": run_config["model"].get("dtype"),
+        "capability": None if cap is None else {
+            "suite": cap["suite"], "suite_hash": cap["suite_hash"], "settings": cap["settings"],
+        },
+    }
 
 
 def edit_and_evaluate(
