@@ -23,8 +23,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line, like every other error (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"editbench: error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="editbench", description="Benchmark knowledge editors of language models."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--edits-per-step", type=_positive,
                    help="requests per editing step S (default: the editor's, from its hparams)")
     r.add_argument("--eval-every", type=_positive, help="also evaluate after every K edits")
+    r.add_argument("--eval-sample", type=_positive, metavar="N",
+                   help="evaluate a seeded subset of N of the edited requests (and compute the "
+                   "pre-edit baseline for those only)")
+    r.add_argument("--eval-sample-at", choices=["both", "curve"], default="both",
+                   help="where --eval-sample applies: curve points and the final evaluation "
+                   "(both, default) or curve points only")
+    r.add_argument("--eval-chunk-size", type=_positive, default=512, metavar="N",
+                   help="requests per evaluation chunk (memory and resume granularity; the "
+                   "numbers do not depend on it)")
     r.add_argument("--protocol", choices=["generation", "teacher_forced", "both"],
                    default="generation", help="scoring protocol (default: generation)")
     r.add_argument("--max-new-tokens", type=_positive, default=32)
@@ -52,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hparams", dest="hparams_file", help="a YAML file instead of hparams/<editor>/<model>.yaml")
     r.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override one hyperparameter (repeatable), e.g. --set lr=1e-3")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_seed, default=0, help="seed of sampling, shuffles and editors (default 0)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (default: the preset's on GPU, float32 on CPU)")
@@ -63,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --output from its last checkpoint")
     r.add_argument("--trust-remote-code", action="store_true")
-    # --- capability (issue 5) ---
+    # General capability before and after editing.
     r.add_argument("--capability", metavar="SUITE",
                    help="also score general capability before and after editing: a suite name "
                    "(editbench list suites) or a suite .yaml")
@@ -84,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--hparams", dest="hparams_file")
     hp.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
 
-    # --- capability (issue 5) ---
+    # General capability before and after editing.
     cp = sub.add_parser("capability", help="score the general capability of an unedited model")
     cp.add_argument("--model", default="smollm2-135m", help="model preset, HF id or local folder")
     cp.add_argument("--suite", default="default", help="suite name or suite .yaml (default: default)")
@@ -117,22 +143,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     values["overrides"] = parse_overrides(args.overrides)
     values["protocols"] = protocols
     out = run(RunSpec(**values))
-    _, metrics = out.load()
-    print(f"run directory: {out.path}")
-    for protocol, res in metrics["results"].items():
-        if protocol != "capability" and res:
-            parts = ", ".join(
-                f"{k} {res[k]:.3f}" for k in ("reliability", "generalization", "locality")
-                if res.get(k) is not None
-            )
-            print(f"{protocol}: {parts}")
+    config, metrics = out.load()
+    print(summary(config, metrics, out.path))
+    return 0
+
+
+def summary(config: dict, metrics: dict, path) -> str:
+    """The end-of-run report: each metric before and after editing, the protocol in one
+    line, the times and where the run directory is."""
+    lines = [f"run directory: {path}"]
+    protocol = config["protocol"]
+    sample = protocol.get("eval_sample")
+    lines.append(
+        f"{config['editor']} on {config['model']['name']}, {metrics['num_edits']} edits of "
+        f"{config['dataset']['name']} in steps of {metrics['edits_per_step']}; evaluated "
+        f"{protocol['evaluation']} on {metrics.get('num_evaluated', metrics['num_edits'])} "
+        f"requests{' (seeded sample)' if sample else ''}"
+    )
+    for name, res in metrics["results"].items():
+        if name == "capability" or not res:
+            continue
+        pre = (metrics.get("results_pre") or {}).get(name) or {}
+        lines.append(f"{name}: {protocol['definitions'][name]}")
+        keys = [k for k, v in res.items() if isinstance(v, int | float)]
+        width = max(len(k) for k in keys) if keys else 10
+        lines.append(f"  {'metric':<{width}}  before  after")
+        for key in keys:
+            before = pre.get(key)
+            shown = "   -  " if before is None else f"{before:6.3f}"
+            lines.append(f"  {key:<{width}}  {shown}  {res[key]:.3f}")
     cap = metrics["results"].get("capability")
     if cap:
-        print(f"capability ({cap['suite']}): pre {cap['pre']:.3f}, post {cap['post']:.3f}, "
-              f"delta {cap['delta']:+.3f} (chance {cap['chance']:.3f})")
-    print(f"edit time {metrics['edit_time_s']:.1f} s ({metrics['edit_time_per_request_s']:.3f} s/edit), "
-          f"evaluation {metrics['eval_time_s']:.1f} s")
-    return 0
+        lines.append(f"capability ({cap['suite']}): before {cap['pre']:.3f}, after {cap['post']:.3f}, "
+                     f"delta {cap['delta']:+.3f} (chance {cap['chance']:.3f})")
+    lines.append(
+        f"times: editing {metrics['edit_time_s']:.1f} s ({metrics['edit_time_per_request_s']:.3f} "
+        f"s/edit), pre-edit baseline {metrics['baseline_time_s']:.1f} s, evaluation "
+        f"{metrics['eval_time_s']:.1f} s"
+    )
+    return "\n".join(lines)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -157,11 +206,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_hparams(args: argparse.Namespace) -> int:
-    from editbench.config import load_hparams, parse_overrides
+    from editbench.config import hparams_model_key, load_hparams, parse_overrides
     from editbench.registry import EDITORS
 
     cls = EDITORS.get(args.editor).config_class
-    _, resolved = load_hparams(cls, args.editor, args.model, parse_overrides(args.overrides), args.hparams_file)
+    model = hparams_model_key(args.model) if args.hparams_file is None else args.model
+    _, resolved = load_hparams(cls, args.editor, model, parse_overrides(args.overrides), args.hparams_file)
     print(json.dumps(resolved, indent=2))
     return 0
 
@@ -207,12 +257,19 @@ COMMANDS = {"run": _cmd_run, "list": _cmd_list, "hparams": _cmd_hparams, "leader
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # bad flags (one line, printed by the parser) or --help
+        return int(exc.code or 0)
     logging.basicConfig(level=os.environ.get("EDITBENCH_LOG", "WARNING"), format="%(message)s")
     try:
         return COMMANDS[args.command](args)
     except EditbenchError as exc:
         print(f"editbench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or a vanished folder outside the guarded writes
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"editbench: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("editbench: interrupted; the run directory holds no metrics.json", file=sys.stderr)

@@ -13,6 +13,43 @@ from dataclasses import dataclass
 
 import torch
 
+from editbench.errors import EditbenchError
+
+
+class ContextOverflowError(EditbenchError):
+    """A sequence (plus what must follow it) does not fit in the model's context.
+
+    ``index`` says which of the given sequences; callers add the case id. Without this
+    check a long prompt is a device-side assert on a GPU, or silently wrong positions.
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def context_length(model) -> int | None:
+    """The model's context in tokens, from its config (None where the config has none)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, lengths: Sequence[int], extra: int = 0) -> None:
+    """Raise :class:`ContextOverflowError` for the first ``length + extra`` over the context."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for i, n in enumerate(lengths):
+        if n + extra > limit:
+            more = f" + {extra} new" if extra else ""
+            raise ContextOverflowError(
+                f"{n} tokens{more} exceed the model's context of {limit} tokens", i
+            )
+
 
 @dataclass(frozen=True)
 class PromptTarget:

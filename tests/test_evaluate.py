@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from editbench.api import EditbenchError, EditRequest, LocalityPrompt
-from editbench.evaluate import EvalSettings, Evaluator, cut_at_stop, exact_match, normalize_answer
+from editbench.evaluate import (
+    EvalSettings,
+    Evaluator,
+    PreEdit,
+    cut_at_stop,
+    exact_match,
+    normalize_answer,
+)
 from editbench.evaluate.generation import generate_answers, length_batches
 from editbench.evaluate.teacher_forced import argmax_at_targets, token_accuracy
 from editors._finetune import FinetuneConfig, FinetuneEditor
@@ -116,7 +123,9 @@ def test_edited_model_scores_reliability_and_loses_nothing_it_should_keep(tiny_l
 
 def test_missing_baseline_is_an_error(tiny_llama):
     ev = Evaluator(tiny_llama, EvalSettings(max_new_tokens=2))
-    with pytest.raises(EditbenchError, match="no pre-edit locality answers"):
+    with pytest.raises(EditbenchError, match=r"no pre-edit generation record for case\(s\) \['a', 'b'\]"):
+        ev.evaluate(_requests(), PreEdit([]))
+    with pytest.raises(EditbenchError, match="expected the PreEdit of Evaluator.baseline"):
         ev.evaluate(_requests(), {"generation": {}})
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from editbench.evaluate.generation import length_batches
-from editbench.tokens import collate_targets, encode_prompt_target, target_logits
+from editbench.tokens import check_fits, collate_targets, encode_prompt_target, target_logits
 
 
 @torch.no_grad()
@@ -22,6 +22,7 @@ def argmax_at_targets(
     """For each (prompt, target): (target token ids, argmax ids at those positions)."""
     tokenizer = handle.tokenizer
     items = [encode_prompt_target(tokenizer, p, t) for p, t in pairs]
+    check_fits(handle.model, [len(it.ids) for it in items])
     out: list[tuple[list[int], list[int]]] = [([], [])] * len(items)
     for batch in length_batches([len(it.ids) for it in items], batch_size):
         tb = collate_targets([items[i] for i in batch], tokenizer.pad_token_id).to(

@@ -16,8 +16,9 @@ class LocateConfig(EditorConfig):
 
     ``stats_corpus``: ``self`` (text sampled from the model itself: the offline fallback),
     ``hf:<name>[:<config>[:<split>]]`` (a Hugging Face dataset's ``text`` column), or the
-    path of a local ``.jsonl`` (``{"text": ...}`` per line) / text file (relative paths
-    are resolved against the working directory).
+    path of a local ``.jsonl`` (``{"text": ...}`` per line) / text file: relative to the
+    data directory (``--data-dir`` / ``$EDITBENCH_DATA_DIR``), else to the working directory;
+    absolute paths only from the command line (``--set``).
     """
 
     layers: list[int] = field(default_factory=lambda: [5])
@@ -39,7 +40,7 @@ class LocateConfig(EditorConfig):
     # original papers' objective.
     target_suffix: Literal["eos", "period", "none"] = "eos"
     # Layer statistics.
-    stats_corpus: str = "self"
+    stats_corpus: str = field(default="self", metadata={"data_path": True})
     stats_tokens: int = 100_000
     stats_seq_len: int = 256
     stats_batch_size: int = 16
