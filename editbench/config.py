@@ -146,7 +146,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+            first = (str(exc).strip().splitlines() or ["parse error"])[0]
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({first})") from None
         if isinstance(value, str) and _looks_numeric(value):
             value = float(value)  # PyYAML reads "5e-4" as a string (YAML 1.1)
         out[key.strip()] = value

@@ -83,6 +83,12 @@ class JsonlStream:
         except OSError as exc:
             raise EditbenchError(f"{self.part}: cannot write: {exc.strerror or exc}") from None
 
+    def uncommit(self) -> None:
+        """Turn a committed file back into ``.part`` (a run resumed after its streams were
+        committed, e.g. killed just before metrics.json)."""
+        if self.path.is_file():
+            os.replace(self.path, self.part)
+
     def truncate_at(self, stop: Callable[[dict[str, Any]], bool]) -> None:
         """Cut the ``.part`` file before the first record ``stop`` accepts (or the first
         damaged line): the records after a checkpoint, or a line cut by a kill."""

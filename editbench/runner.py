@@ -483,6 +483,9 @@ class _Loop:
             self.stage, self.passes_since = checkpoint["stage"], checkpoint["passes_since"]
             _set_rng_states(checkpoint["rng"])
         kept = self.first if self.stage == "editing" else total - 1
+        for stream in (self.steps, self.curve, self.out.stream("cases.jsonl")):
+            if stream is not None:
+                stream.uncommit()
         self.steps.truncate_at(lambda rec: rec["start"] >= self.first and self.stage == "editing")
         if self.curve is not None:
             self.curve.truncate_at(lambda point: point["edits"] > kept)

@@ -396,3 +396,55 @@ def test_trust_remote_code_reaches_an_adhoc_models_config(tmp_path):
         "model_type": "llama", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"},
         "num_hidden_layers": 2}))
     assert get_preset(str(folder), trust_remote_code=True).family == "llama"
+
+
+# -- evaluation samples --------------------------------------------------------------------------
+
+
+def test_eval_sample_scores_and_baselines_only_the_sample(tiny_run):
+    out = run(spec(tiny_run, edits_per_step=2, eval_every=2, eval_sample=3,
+                   output=str(tiny_run[0] / "sample"))).path
+    config, metrics = RunDir(out).load()
+    assert config["protocol"]["eval_sample"]["size"] == 3
+    assert config["comparability"]["eval_sample"] == config["protocol"]["eval_sample"]
+    assert metrics["num_evaluated"] == 3
+    pre = [json.loads(line) for line in (out / "pre_edit.jsonl").read_text().splitlines()]
+    cases = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert len(pre) == len(cases) == 6  # 3 requests x 2 protocols
+    sampled = {c["case_id"] for c in cases}
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [p["evaluated"] for p in curve][-1] == 3
+    assert all(p["evaluated"] <= min(3, p["edits"]) for p in curve)
+
+    out2 = run(spec(tiny_run, edits_per_step=2, eval_every=2, eval_sample=3, eval_sample_at="curve",
+                    output=str(tiny_run[0] / "sample-curve"))).path
+    assert RunDir(out2).load()[1]["num_evaluated"] == 6
+    curve_pre = [json.loads(line) for line in (out2 / "pre_edit.curve.jsonl").read_text().splitlines()]
+    assert {c["case_id"] for c in curve_pre} == sampled  # the same seeded sample
+
+
+def test_every_editor_state_loads_without_unpickling_code(tiny_tokenizer, tmp_path):
+    """Checkpoints are read with weights_only=True: editor states must be tensors and plain data."""
+    from conftest import make_tiny
+    from editbench.api import EditRequest, LocalityPrompt
+    from editbench.config import build_config
+    from editbench.registry import EDITORS
+
+    reqs = [EditRequest(str(i), f"The capital of {c} is", c, t, None, (), (LocalityPrompt("The largest planet is", "Jupiter"),))
+            for i, (c, t) in enumerate([("France", "Rome"), ("Italy", "Paris")])]
+    overrides = {
+        "ft_m": {"modules": ["mlp_down@2"], "max_steps": 2},
+        "locft_bf": {"modules": ["mlp_down@2"], "epochs": 2, "batch_size": 2},
+        "lora": {"epochs": 2, "batch_size": 2},
+        "adalora": {"epochs": 2, "batch_size": 2},
+        "rome": {"layers": [1], "v_num_grad_steps": 2, "stats_tokens": 200, "stats_seq_len": 16},
+        "memit": {"layers": [1, 2], "v_num_grad_steps": 2, "stats_tokens": 200, "stats_seq_len": 16},
+        "alphaedit": {"layers": [1, 2], "v_num_grad_steps": 2, "stats_tokens": 200, "stats_seq_len": 16},
+    }
+    for name, extra in overrides.items():
+        cls = EDITORS.get(name)
+        editor = cls(make_tiny("llama", tiny_tokenizer), build_config(cls.config_class, extra, name))
+        editor.edit(reqs[:1] if name == "rome" else reqs)
+        path = tmp_path / f"{name}.pt"
+        torch.save(editor.state_dict(), path)
+        torch.load(path, weights_only=True)
