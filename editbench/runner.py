@@ -500,37 +500,35 @@ class _Loop:
     def edit(self) -> None:
         if self.stage != "editing":
             return
-        plan, requests = self.plan, self.plan.requests
-        total = len(requests)
         self.editor.set_boundary_hook(self._boundary)
         try:
-            for start in range(self.first, total, plan.step):
-                chunk = requests[start : start + plan.step]
-                self._step_first, self._reported_in_step = start, False
-                self._step_start = time.perf_counter()
-                with oom_guard(f"editing requests {start}-{start + len(chunk) - 1}", _edit_hint(plan)):
-                    stats = self.editor.edit(chunk)
-                self.edit_time += time.perf_counter() - self._step_start
-                self._step_start = None
-                check_finite(self.editor, f"after editing requests {start}-{start + len(chunk) - 1}")
-                done = start + len(chunk)
-                self.steps.write({"start": start, "size": len(chunk), **stats.info})
-                self.steps.flush()
-                self.steps_done += 1
-                faults.point("step")
-                if not self._reported_in_step:
-                    self.passes_since += len(chunk)
-                if done < total:
-                    self._curve_point(start, done)
-                    every = plan.spec.checkpoint_every
-                    if every and self.passes_since >= every:
-                        self._checkpoint(done, in_step=False)
+            edit_sequentially(self.editor, self.plan.requests, self.plan.step, first=self.first,
+                              before_step=self._before_step, after_step=self._after_step,
+                              hint=_edit_hint(self.plan))
         finally:
             self.editor.set_boundary_hook(None)
-        self.editor.finalize()
-        check_finite(self.editor, "after finalize")
         self.stage = "evaluating"
-        self._checkpoint(total, in_step=False)
+        self._checkpoint(len(self.plan.requests), in_step=False)
+
+    def _before_step(self, start: int) -> None:
+        self._step_first, self._reported_in_step = start, False
+        self._step_start = time.perf_counter()
+
+    def _after_step(self, start: int, size: int, info: dict[str, Any]) -> None:
+        self.edit_time += time.perf_counter() - self._step_start
+        self._step_start = None
+        self.steps.write({"start": start, "size": size, **info})
+        self.steps.flush()
+        self.steps_done += 1
+        faults.point("step")
+        if not self._reported_in_step:
+            self.passes_since += size
+        done = start + size
+        if done < len(self.plan.requests):
+            self._curve_point(start, done)
+            every = self.plan.spec.checkpoint_every
+            if every and self.passes_since >= every:
+                self._checkpoint(done, in_step=False)
 
     def _boundary(self, passes: int) -> None:
         """The editor's safe point inside a step (e.g. an epoch's end)."""
@@ -612,19 +610,41 @@ class _Loop:
 # -- shared by the runner, tests and benchmarks ---------------------------------------------------
 
 
-def edit_sequentially(editor: BaseEditor, requests: Sequence[EditRequest], step: int) -> float:
-    """Apply ``requests`` in steps of ``step`` (then ``finalize``); returns editing seconds.
+def edit_sequentially(
+    editor: BaseEditor,
+    requests: Sequence[EditRequest],
+    step: int,
+    *,
+    first: int = 0,
+    before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+    hint: str = "lower --edits-per-step",
+) -> float:
+    """The sequential protocol's loop: ``requests`` in steps of ``step`` from ``first``,
+    each edit checked for finite tensors, then ``finalize``; returns editing seconds.
 
-    The same step semantics and guards as :func:`run`, without result files.
+    :func:`run` hangs its step records, curve points and checkpoints on ``after_step``
+    (start, size, the editor's step info); tests and benchmarks call it bare.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise EditbenchError(f"step: expected a positive integer, got {step!r}")
+    seconds = 0.0
+    for start in range(first, len(requests), step):
+        chunk = requests[start : start + step]
+        where = f"requests {start}-{start + len(chunk) - 1}"
+        if before_step is not None:
+            before_step(start)
+        t0 = time.perf_counter()
+        with oom_guard(f"editing {where}", hint):
+            stats = editor.edit(chunk)
+        seconds += time.perf_counter() - t0
+        check_finite(editor, f"after editing {where}")
+        if after_step is not None:
+            after_step(start, len(chunk), stats.info)
     t0 = time.perf_counter()
-    for start in range(0, len(requests), step):
-        editor.edit(requests[start : start + step])
-        check_finite(editor, f"after editing requests {start}-{min(len(requests), start + step) - 1}")
     editor.finalize()
-    return time.perf_counter() - t0
+    check_finite(editor, "after finalize")
+    return seconds + time.perf_counter() - t0
 
 
 def edit_and_evaluate(
