@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "numbers do not depend on it)")
     r.add_argument("--protocol", choices=["generation", "teacher_forced", "both"],
                    default="generation", help="scoring protocol (default: generation)")
+    r.add_argument("--prompt-format", choices=["raw", "qa", "chat"], default="raw",
+                   help="how every prompt is presented, before and after editing: raw (the "
+                   "paper's protocol, default), qa ('Question: ...\\nAnswer:') or chat (the "
+                   "tokenizer's chat template)")
     r.add_argument("--max-new-tokens", type=_positive, default=32)
     r.add_argument("--eval-batch-size", type=_positive, default=32)
     r.add_argument("--hparams", dest="hparams_file", help="a YAML file instead of hparams/<editor>/<model>.yaml")
@@ -172,6 +176,13 @@ def summary(config: dict, metrics: dict, path) -> str:
             before = pre.get(key)
             shown = "   -  " if before is None else f"{before:6.3f}"
             lines.append(f"  {key:<{width}}  {shown}  {res[key]:.3f}")
+        empty = res.get("locality_empty_pre")
+        if empty is not None and empty > 0.2:
+            lines.append(
+                f"  warning: {100 * empty:.0f}% of the pre-edit locality answers are empty, so "
+                "'locality' mostly says whether an empty answer stayed empty; see "
+                "locality_nonempty and locality_argmax / locality_kl, or try --prompt-format qa|chat"
+            )
     cap = metrics["results"].get("capability")
     if cap:
         lines.append(f"capability ({cap['suite']}): before {cap['pre']:.3f}, after {cap['post']:.3f}, "

@@ -37,6 +37,7 @@ from editbench.config import hparams_model_key, load_hparams
 from editbench.data import LoadedDataset, load_dataset
 from editbench.errors import EditbenchError
 from editbench.evaluate import EvalSettings, Evaluator, PreEdit, answer_checks
+from editbench.evaluate.prompts import PROMPT_FORMATS, format_request
 from editbench.registry import EDITORS
 from editbench.results import RunDir, command_line, git_revision, library_versions
 
@@ -66,6 +67,7 @@ class RunSpec:
     eval_sample_at: Literal["both", "curve"] = "both"
     eval_chunk_size: int = 512
     protocols: tuple[str, ...] = ("generation",)
+    prompt_format: Literal["raw", "qa", "chat"] = "raw"
     overrides: dict[str, Any] = field(default_factory=dict)
     hparams_file: str | None = None
     seed: int = 0
@@ -169,8 +171,11 @@ def plan_run(spec: RunSpec) -> Plan:
         )
     sample = _eval_sample(requests, spec.eval_sample, spec.seed)
     final_set = sample if spec.eval_sample_at == "both" else list(requests)
+    if spec.prompt_format not in PROMPT_FORMATS:
+        raise EditbenchError(f"--prompt-format {spec.prompt_format!r}: expected one of {sorted(PROMPT_FORMATS)}")
     settings = EvalSettings(protocols=tuple(spec.protocols), max_new_tokens=spec.max_new_tokens,
-                            batch_size=spec.eval_batch_size, chunk_size=spec.eval_chunk_size)
+                            batch_size=spec.eval_batch_size, chunk_size=spec.eval_chunk_size,
+                            prompt_format=spec.prompt_format)
     capability = None
     if spec.capability is not None:
         from editbench.capability import CapabilitySettings, load_suite
@@ -181,6 +186,24 @@ def plan_run(spec: RunSpec) -> Plan:
     _warn_about_answers(final_set)
     return Plan(spec, editor_cls, config, resolved, dataset, step, final_set, sample, settings,
                 capability)
+
+
+def _in_prompt_format(plan: Plan, handle) -> Plan:
+    """Every prompt of every request in the run's prompt format (needs the tokenizer)."""
+    fmt = plan.spec.prompt_format
+    if fmt == "raw":
+        return plan
+    formatted = {r.case_id: format_request(r, fmt, handle.tokenizer) for r in plan.requests}
+
+    def remap(rs: list[EditRequest]) -> list[EditRequest]:
+        return [formatted[r.case_id] for r in rs]
+
+    curve = plan.final_set if plan.curve_set is plan.final_set else None
+    final_set = remap(plan.final_set)
+    return dataclasses.replace(
+        plan, dataset=dataclasses.replace(plan.dataset, requests=remap(plan.requests)),
+        final_set=final_set, curve_set=final_set if curve is not None else remap(plan.curve_set),
+    )
 
 
 def _eval_sample(requests: list[EditRequest], n: int | None, seed: int) -> list[EditRequest]:
@@ -277,6 +300,7 @@ def comparability(run_config: dict[str, Any]) -> dict[str, Any]:
         "sample": d["sample"],
         "synthetic": d.get("synthetic", False),
         "protocol_definitions": {name: p["definitions"][name] for name in p["protocols"]},
+        "prompt_format": p.get("prompt_format", "raw"),
         "max_new_tokens": p["max_new_tokens"],
         "locality_definition": p["locality_definition"],
         "evaluation": p["evaluation"],
@@ -355,6 +379,7 @@ def _execute(plan: Plan, out: RunDir) -> None:
     spec = plan.spec
     with oom_guard("loading the model", "use a smaller --dtype or more GPUs"):
         handle = load_model(spec.model, spec.device, spec.dtype, spec.trust_remote_code)
+    plan = _in_prompt_format(plan, handle)
     config = describe_run(plan, handle)
     checkpoint = None
     if spec.resume:

@@ -61,22 +61,30 @@ class PromptTarget:
         return self.prompt_ids + self.target_ids
 
 
+def _clean(prompt: str) -> str:
+    """Trailing spaces go (the target is joined with one); a trailing newline (a chat
+    template's generation prompt) stays."""
+    return prompt.rstrip(" \t")
+
+
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    return tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"]
+    return tokenizer(_clean(prompt), add_special_tokens=True)["input_ids"]
 
 
 def encode_prompt_target(
     tokenizer, prompt: str, target: str, append_eos: bool = False
 ) -> PromptTarget:
-    """Token ids of ``prompt`` and of ``target`` as its continuation after one space."""
-    prompt = prompt.rstrip()
+    """Token ids of ``prompt`` and of ``target`` as its continuation after one space (no
+    space after a prompt that ends with a newline)."""
+    prompt = _clean(prompt)
     prompt_ids = encode_prompt(tokenizer, prompt)
-    full = tokenizer(f"{prompt} {target.strip()}", add_special_tokens=True)["input_ids"]
+    sep = "" if prompt.endswith("\n") else " "
+    full = tokenizer(f"{prompt}{sep}{target.strip()}", add_special_tokens=True)["input_ids"]
     if full[: len(prompt_ids)] == prompt_ids:
         target_ids = full[len(prompt_ids) :]
     else:
         # The boundary merged across the space: fall back to the standalone target.
-        target_ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(sep + target.strip(), add_special_tokens=False)["input_ids"]
     if not target_ids:
         raise ValueError(f"target {target!r} tokenizes to nothing after prompt {prompt!r}")
     if append_eos:

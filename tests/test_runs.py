@@ -187,7 +187,9 @@ def test_unedited_locality_is_exactly_one(tiny_llama, dtype, batch_size):
         got = ev.evaluate(requests, pre, upto=upto)
         for protocol in ("generation", "teacher_forced"):
             assert got[protocol]["locality"] == 1.0, (protocol, upto, got[protocol])
-        assert got["generation"]["locality_raw"] == 1.0
+        gen = got["generation"]
+        assert gen["locality_raw"] == gen["locality_argmax"] == 1.0 and gen["locality_kl"] == 0.0
+        assert gen.get("locality_nonempty", 1.0) == 1.0
 
 
 # -- item 6: targets that could never score, gold answers that score by accident ---------------
@@ -448,3 +450,14 @@ def test_every_editor_state_loads_without_unpickling_code(tiny_tokenizer, tmp_pa
         path = tmp_path / f"{name}.pt"
         torch.save(editor.state_dict(), path)
         torch.load(path, weights_only=True)
+
+
+def test_a_prompt_format_applies_to_every_prompt_and_is_recorded(tiny_run):
+    out = run(spec(tiny_run, prompt_format="qa", protocols=("generation",),
+                   output=str(tiny_run[0] / "qa"))).path
+    config, _ = RunDir(out).load()
+    assert config["protocol"]["prompt_format"] == config["comparability"]["prompt_format"] == "qa"
+    case = json.loads((out / "cases.jsonl").read_text().splitlines()[0])
+    prompts = [case["reliability"]["prompt"], *(g["prompt"] for g in case["generalization"]),
+               *(x["prompt"] for x in case["locality"])]
+    assert all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in prompts)

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from editbench.api import EditRequest
+from editbench.api import LOCALITY_KINDS, EditRequest
 from editbench.errors import EditbenchError
-from editbench.evaluate.generation import generate_answers
+from editbench.evaluate.generation import generate, generate_answers
 from editbench.evaluate.normalize import (
     answers_match,
     cut_answer,
@@ -29,8 +29,13 @@ from editbench.evaluate.normalize import (
     has_stop,
     normalize_answer,
 )
+from editbench.evaluate.prompts import PROMPT_FORMATS
 from editbench.evaluate.records import Accumulator, PreEdit
-from editbench.evaluate.teacher_forced import argmax_at_targets, token_accuracy
+from editbench.evaluate.teacher_forced import (
+    argmax_at_targets,
+    continuation_logprobs,
+    token_accuracy,
+)
 from editbench.progress import bar
 from editbench.tokens import ContextOverflowError
 
@@ -39,7 +44,13 @@ LOCALITY_DEFINITION = (
     "share of locality prompts whose post-edit answer equals the pre-edit answer after "
     "exact-match normalization (pre-edit answers computed once, before any edit, in the same "
     "fixed batches); locality_raw compares raw strings, locality_gold compares with the gold "
-    "answer (gold answers holding '.'/newline or normalizing to '' are left out)"
+    "answer (gold answers holding '.'/newline or normalizing to '' are left out); "
+    "locality_neighbourhood / locality_distant: locality over the prompts of that kind; "
+    "locality_empty_pre: share of prompts whose pre-edit answer is empty, locality_nonempty: "
+    "locality over the other prompts; locality_argmax / locality_kl (generation protocol): "
+    "teacher-forced over the first dist_tokens tokens of the pre-edit continuation, agreement "
+    "of the post-edit argmax with the pre-edit one, and KL(pre || post) over the pre-edit top "
+    "dist_top tokens and the rest of the vocabulary as one bucket"
 )
 PROTOCOL_DEFINITIONS = {
     "generation": (
@@ -63,6 +74,9 @@ class EvalSettings:
     max_new_tokens: int = 32
     batch_size: int = 32
     chunk_size: int = 512
+    prompt_format: str = "raw"  # applied to the requests by the runner; recorded here
+    dist_tokens: int = 5
+    dist_top: int = 10
 
     def __post_init__(self) -> None:
         for p in self.protocols:
@@ -72,6 +86,8 @@ class EvalSettings:
             raise EditbenchError("protocols: expected at least one protocol")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.chunk_size < 1:
             raise EditbenchError("max_new_tokens, batch_size and chunk_size must be positive")
+        if self.dist_tokens < 0 or self.dist_top < 1:
+            raise EditbenchError("dist_tokens must be >= 0 and dist_top >= 1")
 
     @property
     def block(self) -> int:
@@ -87,6 +103,7 @@ class EvalSettings:
         return {
             **asdict(self),
             "definitions": {p: PROTOCOL_DEFINITIONS[p] for p in self.protocols},
+            "prompt_format_definition": PROMPT_FORMATS[self.prompt_format],
             "locality_definition": LOCALITY_DEFINITION,
             "case_format": CASE_FORMAT,
         }
@@ -169,7 +186,7 @@ class Evaluator:
                 block_end = min(len(requests), start + -(-(end - start) // settings.block) * settings.block)
                 blocks = requests[start:block_end]
                 for protocol in settings.protocols:
-                    before = reader.take([r.case_id for r in chunk], protocol) if reader else None
+                    before = reader.take([r.case_id for r in blocks], protocol) if reader else None
                     score = self._generation if protocol == "generation" else self._teacher_forced
                     for case in score(chunk, blocks, before, targets):
                         case["chunk"] = k
@@ -208,12 +225,7 @@ class Evaluator:
                         owners.append(r.case_id)
                 outs += self._generate(prompts, stops, owners)
             target_out = iter(outs)
-        loc_out: dict[str, list[str]] = {}
-        for block in self._blocks(blocks):
-            pairs = [(r.case_id, loc.prompt) for r in block for loc in r.locality]
-            outs = self._generate([p for _, p in pairs], None, [c for c, _ in pairs])
-            for (cid, _), text in zip(pairs, outs, strict=True):
-                loc_out.setdefault(cid, []).append(text)
+        loc_out = self._locality_generations(blocks, before)
         for r in chunk:
             record: dict[str, Any] = {"case_id": r.case_id, "protocol": "generation"}
             scores: dict[str, list[float]] = {}
@@ -223,28 +235,64 @@ class Evaluator:
                 record.update(reliability=rel, generalization=gens)
                 scores["reliability"] = [float(rel["match"])]
                 scores["generalization"] = [float(g["match"]) for g in gens]
-            prior = None if before is None else before[r.case_id]["locality"]
-            if prior is not None and len(prior) != len(r.locality):
-                raise EditbenchError(f"case {r.case_id!r}: the pre-edit record has {len(prior)} "
-                                     f"locality answers, the request {len(r.locality)}")
+            prior = _prior_locality(r, before, "answers")
             locs = []
-            for i, (loc, text) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
-                item = {"prompt": loc.prompt, "kind": loc.kind, "gold": loc.answer,
-                        "output": text, "answer": cut_at_stop(text),
-                        "gold_match": (answers_match(cut_at_stop(text), loc.answer)
-                                       if gold_reachable(loc.answer) else None)}
-                if prior is not None:
-                    item["pre"], item["pre_output"] = prior[i]["answer"], prior[i]["output"]
-                    item["unchanged"] = normalize_answer(item["answer"]) == normalize_answer(item["pre"])
-                    item["unchanged_raw"] = text == item["pre_output"]
+            for i, (loc, (text, dist)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
+                answer = cut_at_stop(text)
+                item: dict[str, Any] = {
+                    "prompt": loc.prompt, "kind": loc.kind, "gold": loc.answer, "output": text,
+                    "answer": answer,
+                    "gold_match": answers_match(answer, loc.answer) if gold_reachable(loc.answer) else None,
+                }
+                if prior is None:
+                    item["dist"] = dist
+                else:
+                    pre = prior[i]
+                    item["pre"], item["pre_output"] = pre["answer"], pre["output"]
+                    item["unchanged"] = normalize_answer(answer) == normalize_answer(pre["answer"])
+                    item["unchanged_raw"] = text == pre["output"]
+                    item.update(dist)
                 locs.append(item)
             record["locality"] = locs
-            if prior is not None:
-                scores["locality"] = [float(x["unchanged"]) for x in locs]
-                scores["locality_raw"] = [float(x["unchanged_raw"]) for x in locs]
-            scores["locality_gold"] = [float(x["gold_match"]) for x in locs if x["gold_match"] is not None]
+            _locality_scores(scores, r, locs, prior)
             record["scores"] = scores
             yield record
+
+    def _locality_generations(self, blocks, before) -> dict[str, list[tuple[str, dict]]]:
+        """Per case: (generated text, distribution part) for each locality prompt, block by block.
+
+        Before editing the distribution part is the pre-edit continuation's first
+        ``dist_tokens`` tokens with their next-token top-``dist_top`` log-probabilities; after
+        editing it is the agreement of the argmax and the KL divergence at those positions.
+        """
+        s = self.settings
+        out: dict[str, list[tuple[str, dict]]] = {}
+        for block in self._blocks(blocks):
+            owners = [r.case_id for r in block for _ in r.locality]
+            prompts = [loc.prompt for r in block for loc in r.locality]
+            if not prompts:
+                continue
+            try:
+                gens = generate(self.handle, prompts, s.max_new_tokens, s.batch_size)
+            except ContextOverflowError as exc:
+                raise EditbenchError(f"case {owners[exc.index]!r}: {exc}") from None
+            if before is None:
+                conts = [ids[: s.dist_tokens] for _, ids in gens]
+            else:
+                conts = [loc["dist"]["ids"] for r in block for loc in before[r.case_id]["locality"]]
+            logps = continuation_logprobs(self.handle, list(zip(prompts, conts, strict=True)), s.batch_size) \
+                if s.dist_tokens else [None] * len(prompts)
+            pre_dists = None if before is None else \
+                [loc["dist"] for r in block for loc in before[r.case_id]["locality"]]
+            for k, (cid, (text, _)) in enumerate(zip(owners, gens, strict=True)):
+                if not s.dist_tokens:
+                    dist: dict[str, Any] = {}
+                elif pre_dists is None:
+                    dist = _distribution(conts[k], logps[k], s.dist_top)
+                else:
+                    dist = _compare_distributions(pre_dists[k], logps[k])
+                out.setdefault(cid, []).append((text, dist))
+        return out
 
     # -- teacher-forced protocol ----------------------------------------------------------
 
@@ -280,10 +328,7 @@ class Evaluator:
                 gens = [token_accuracy(*next(target_out)) for _ in r.rephrase_prompts]
                 record.update(reliability=rel, generalization=gens)
                 scores["reliability"], scores["generalization"] = [rel], gens
-            prior = None if before is None else before[r.case_id]["locality"]
-            if prior is not None and len(prior) != len(r.locality):
-                raise EditbenchError(f"case {r.case_id!r}: the pre-edit record has {len(prior)} "
-                                     f"locality predictions, the request {len(r.locality)}")
+            prior = _prior_locality(r, before, "predictions")
             locs = []
             for i, (loc, (gold_ids, pred)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
                 item = {"prompt": loc.prompt, "kind": loc.kind, "gold": loc.answer, "pred": pred,
@@ -294,8 +339,10 @@ class Evaluator:
             record["locality"] = locs
             if prior is not None:
                 scores["locality"] = [x["unchanged"] for x in locs]
+                for kind in LOCALITY_KINDS:
+                    scores[f"locality_{kind}"] = [x["unchanged"] for x in locs if x["kind"] == kind]
             scores["locality_gold"] = [x["gold_accuracy"] for x in locs]
-            record["scores"] = scores
+            record["scores"] = {k: v for k, v in scores.items() if v}
             yield record
 
 
@@ -303,3 +350,60 @@ def _answer_item(prompt: str, target: str, text: str) -> dict[str, Any]:
     answer = cut_answer(text, target)
     return {"prompt": prompt, "target": target, "output": text, "answer": answer,
             "match": answers_match(answer, target)}
+
+
+def _prior_locality(r: EditRequest, before: dict[str, dict] | None, what: str) -> list[dict] | None:
+    if before is None:
+        return None
+    prior = before[r.case_id]["locality"]
+    if len(prior) != len(r.locality):
+        raise EditbenchError(f"case {r.case_id!r}: the pre-edit record has {len(prior)} locality "
+                             f"{what}, the request {len(r.locality)}")
+    return prior
+
+
+def _locality_scores(scores: dict[str, list[float]], r: EditRequest, locs: list[dict],
+                     prior: list[dict] | None) -> None:
+    """Locality metrics of one generation-protocol case (see ``LOCALITY_DEFINITION``)."""
+    scores["locality_gold"] = [float(x["gold_match"]) for x in locs if x["gold_match"] is not None]
+    if prior is None:
+        scores["locality_empty"] = [float(normalize_answer(x["answer"]) == "") for x in locs]
+        return
+    scores["locality"] = [float(x["unchanged"]) for x in locs]
+    scores["locality_raw"] = [float(x["unchanged_raw"]) for x in locs]
+    for kind in LOCALITY_KINDS:
+        scores[f"locality_{kind}"] = [float(x["unchanged"]) for x in locs if x["kind"] == kind]
+    empty = [normalize_answer(x["pre"]) == "" for x in locs]
+    scores["locality_empty_pre"] = [float(e) for e in empty]
+    scores["locality_nonempty"] = [float(x["unchanged"]) for x, e in zip(locs, empty, strict=True) if not e]
+    if locs and "argmax_agreement" in locs[0]:
+        scores["locality_argmax"] = [x["argmax_agreement"] for x in locs]
+        scores["locality_kl"] = [x["kl"] for x in locs]
+    for key in [k for k, v in scores.items() if not v]:
+        del scores[key]
+
+
+def _distribution(ids: list[int], logp, top: int) -> dict[str, Any]:
+    """The pre-edit side: continuation ids, the argmax and the top log-probs per position."""
+    values, index = logp.topk(min(top, logp.shape[-1]), dim=-1)
+    return {"ids": list(ids), "argmax": logp.argmax(-1).tolist(), "top_ids": index.tolist(),
+            "top_logp": values.tolist()}
+
+
+def _compare_distributions(pre: dict[str, Any], logp) -> dict[str, Any]:
+    """Argmax agreement and KL(pre || post) per position, averaged over the positions.
+
+    KL is taken over the partition {pre-edit top tokens, everything else}, which needs only
+    the stored top log-probs; it is zero exactly when nothing changed and a lower bound of
+    the full-vocabulary KL otherwise.
+    """
+    import torch
+
+    agree = (logp.argmax(-1) == torch.tensor(pre["argmax"])).float()
+    p = torch.tensor(pre["top_logp"], dtype=torch.float64).exp()
+    q = logp.gather(-1, torch.tensor(pre["top_ids"])).double().exp()
+    kl = (p * (p.log() - q.log())).sum(-1)
+    p_rest = (1 - p.sum(-1)).clamp_min(0)
+    q_rest = (1 - q.sum(-1)).clamp_min(1e-12)
+    kl = kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-300).log() - q_rest.log()), 0.0)
+    return {"argmax_agreement": float(agree.mean()), "kl": float(kl.clamp_min(0).mean())}

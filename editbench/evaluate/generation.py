@@ -68,7 +68,6 @@ def _greedy_config(handle, max_new_tokens: int, eos: list[int]):
     )
 
 
-@torch.no_grad()
 def generate_answers(
     handle,
     prompts: Sequence[str],
@@ -77,6 +76,19 @@ def generate_answers(
     stop_at_period: Sequence[bool] | None = None,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (raw, no chat template), cut at the stop."""
+    return [text for text, _ in generate(handle, prompts, max_new_tokens, batch_size, stop_at_period)]
+
+
+@torch.no_grad()
+def generate(
+    handle,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    stop_at_period: Sequence[bool] | None = None,
+) -> list[tuple[str, list[int]]]:
+    """(text, generated token ids) per prompt: the text up to the first EOS, the ids up to
+    and including the token that stopped the sequence (a stop token or EOS)."""
     from transformers import StoppingCriteriaList
 
     tokenizer, model = handle.tokenizer, handle.model
@@ -85,7 +97,7 @@ def generate_answers(
     eos = eos_ids(handle)
     config = _greedy_config(handle, max_new_tokens, eos)
     period = list(stop_at_period) if stop_at_period is not None else [True] * len(prompts)
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[tuple[str, list[int]]] = [("", [])] * len(prompts)
     device = handle.input_device
     for stops in (True, False):
         rows = [i for i in range(len(prompts)) if period[i] is stops]
@@ -102,9 +114,11 @@ def generate_answers(
                 generation_config=config, stopping_criteria=stop,
             )
             new = out[:, ids.shape[1]:].cpu()
+            stop_set = set(stop_ids.tolist())
             for row, i in enumerate(batch):
                 tokens = new[row].tolist()
                 ends = [k for k, t in enumerate(tokens) if t in eos]
-                outputs[i] = tokenizer.decode(tokens[: ends[0]] if ends else tokens,
-                                              skip_special_tokens=True)
+                stops = [k for k, t in enumerate(tokens) if t in stop_set]
+                text = tokenizer.decode(tokens[: ends[0]] if ends else tokens, skip_special_tokens=True)
+                outputs[i] = (text, tokens[: stops[0] + 1] if stops else tokens)
     return outputs
