@@ -101,6 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--capability-at-checkpoints", action="store_true",
                    help="also score capability at every --eval-every point (slow)")
 
+    tu = sub.add_parser("tune", help="sweep an editor's tuning location and lr, write its hparams")
+    tu.add_argument("--editor", required=True)
+    tu.add_argument("--model", default="smollm2-135m")
+    tu.add_argument("--dataset", required=True, help="dataset name or file (the slice is held out)")
+    tu.add_argument("--num", type=_positive, default=50, help="requests in the tuning slice (default 50)")
+    tu.add_argument("--take", choices=["last", "first"], default="last",
+                    help="slice from the end of the dataset (default; runs use the first T) or the start")
+    tu.add_argument("--templates", default="mlp_down",
+                    help="module templates to try for fine-tuning editors, comma-separated (e.g. mlp_down,block)")
+    tu.add_argument("--layers", help="coarse layers, comma-separated (default: ~7 evenly spaced)")
+    tu.add_argument("--lr-factors", default="0.3,3", help="fine stage: the base lr times these (default 0.3,3)")
+    tu.add_argument("--objective", default="reliability+generalization")
+    tu.add_argument("--constraint", dest="constraints", action="append", metavar="METRIC>=X",
+                    help="repeatable; default locality_neighbourhood>=0.8")
+    tu.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
+    tu.add_argument("--hparams", dest="hparams_file")
+    tu.add_argument("--output", help="folder of the sweep's tune.jsonl (resumable)")
+    tu.add_argument("--write", help="YAML to write (default hparams/<editor>/<model>.yaml here)")
+    tu.add_argument("--dry-run", dest="dry", action="store_true", help="print only, write no YAML")
+    tu.add_argument("--seed", type=_seed, default=0)
+    tu.add_argument("--device", default="auto")
+    tu.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    tu.add_argument("--data-dir")
+    tu.add_argument("--target", choices=["alt", "answers0"])
+    tu.add_argument("--max-new-tokens", type=_positive, default=32)
+    tu.add_argument("--eval-batch-size", type=_positive, default=32)
+
     lb = sub.add_parser("leaderboard", help="Markdown tables of finished runs")
     lb.add_argument("runs", nargs="+", help="run directories")
     lb.add_argument("--strict", action="store_true", help="fail instead of splitting incomparable runs")
@@ -195,6 +222,37 @@ def summary(config: dict, metrics: dict, path) -> str:
     return "\n".join(lines)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from editbench.config import parse_overrides
+    from editbench.tune import Tuner, TuneSpec, format_table
+
+    def numbers(text: str | None, kind):
+        try:
+            return None if text is None else tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise EditbenchError(f"expected comma-separated numbers, got {text!r}") from None
+
+    spec = TuneSpec(
+        editor=args.editor, model=args.model, dataset=args.dataset, num=args.num, take=args.take,
+        templates=tuple(t.strip() for t in args.templates.split(",") if t.strip()),
+        layers=numbers(args.layers, int), lr_factors=numbers(args.lr_factors, float) or (),
+        objective=args.objective,
+        constraints=tuple(args.constraints or ("locality_neighbourhood>=0.8",)),
+        overrides=parse_overrides(args.overrides), hparams_file=args.hparams_file,
+        output=args.output, write=args.write, dry=args.dry, seed=args.seed, device=args.device,
+        dtype=args.dtype, data_dir=args.data_dir, target=args.target,
+        max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
+    )
+    result = Tuner(spec).run()
+    print(format_table(result["rows"], result["chosen"]))
+    print("Pareto front: " + "; ".join(r["location"] for r in result["front"]))
+    print(f"rule: {result['rule']} -> {result['chosen']['location']}"
+          + ("" if result["meets_constraints"] else " (no point met the rule: closest shown)"))
+    if "written" in result:
+        print(f"wrote {result['written']}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "editors":
         from editbench.registry import EDITORS
@@ -263,7 +321,7 @@ def _cmd_capability(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "list": _cmd_list, "hparams": _cmd_hparams, "leaderboard": _cmd_leaderboard,
+COMMANDS = {"run": _cmd_run, "tune": _cmd_tune, "list": _cmd_list, "hparams": _cmd_hparams, "leaderboard": _cmd_leaderboard,
             "capability": _cmd_capability}
 
 

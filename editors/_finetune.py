@@ -66,6 +66,11 @@ class FinetuneConfig(EditorConfig):
         if not 0 < self.lr <= 1e6:
             raise ValueError(f"lr: expected a positive number of at most 1e6, got {self.lr}")
 
+    tune_lr_key = "lr"
+
+    def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
+        return {"modules": [f"{template}@{layer}"]}
+
     def validate_targets(self) -> None:
         """What gets trained; the LoRA editor names its targets with other keys."""
         if not self.modules:

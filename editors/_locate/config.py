@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from editbench.api import EditorConfig
 
@@ -45,6 +45,12 @@ class LocateConfig(EditorConfig):
     stats_seq_len: int = 256
     stats_batch_size: int = 16
     stats_dtype: Literal["float32", "float64"] = "float32"
+
+    def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
+        """The edited layers: a window ending at ``layer``, as wide as configured (one layer
+        for ROME)."""
+        width = len(self.layers)
+        return {"layers": list(range(max(0, layer - width + 1), layer + 1))}
 
     def validate(self) -> None:
         super().validate()
