@@ -377,7 +377,8 @@ def _execute(plan: Plan, out: RunDir) -> None:
     from editbench.models import load_model
 
     spec = plan.spec
-    with oom_guard("loading the model", "use a smaller --dtype or more GPUs"):
+    phase = _Phases()
+    with phase("load"), oom_guard("loading the model", "use a smaller --dtype or more GPUs"):
         handle = load_model(spec.model, spec.device, spec.dtype, spec.trust_remote_code)
     plan = _in_prompt_format(plan, handle)
     config = describe_run(plan, handle)
@@ -402,21 +403,24 @@ def _execute(plan: Plan, out: RunDir) -> None:
 
     evaluator = Evaluator(handle, plan.settings)
     t0 = time.perf_counter()
-    baselines = _baselines(out, evaluator, plan)
+    with phase("baseline"):
+        baselines = _baselines(out, evaluator, plan)
     baseline_time = time.perf_counter() - t0
 
-    with oom_guard("building the editor (layer statistics, caches)", _edit_hint(plan)):
+    with phase("editor"), oom_guard("building the editor (layer statistics, caches)", _edit_hint(plan)):
         editor = plan.editor_cls(handle, plan.config)
     loop = _Loop(plan, out, handle, editor, evaluator, baselines, config, capability_pre)
     loop.restore(checkpoint)
-    loop.edit()
-    results, final_time = loop.final_evaluation()
-    capability_result = None
-    if plan.capability is not None:
-        t0 = time.perf_counter()
-        capability_result = _capability_now(handle, plan.capability, capability_pre, len(plan.requests))
-        capability_time += time.perf_counter() - t0
-    loop.close_curve(results, capability_result)
+    with phase("edit"):
+        loop.edit()
+    with phase("evaluation"):
+        results, final_time = loop.final_evaluation()
+        capability_result = None
+        if plan.capability is not None:
+            t0 = time.perf_counter()
+            capability_result = _capability_now(handle, plan.capability, capability_pre, len(plan.requests))
+            capability_time += time.perf_counter() - t0
+        loop.close_curve(results, capability_result)
 
     total = len(plan.requests)
     metrics = {
@@ -431,6 +435,7 @@ def _execute(plan: Plan, out: RunDir) -> None:
         "final_eval_time_s": round(final_time, 3),
         "baseline_time_s": round(baseline_time, 3),
         "steps": {"count": loop.steps_done, "file": "steps.jsonl"},
+        "phases": phase.record,
         "resumed": checkpoint is not None,
         **({"capability_time_s": round(capability_time, 3), "capability_pre_cached": capability_cached}
            if plan.capability is not None else {}),
@@ -439,6 +444,34 @@ def _execute(plan: Plan, out: RunDir) -> None:
     faults.point("metrics")
     out.write_metrics(metrics)
     out.remove_checkpoint()
+
+
+class _Phases:
+    """Seconds and peak memory of each phase of a run (``metrics.json["phases"]``).
+
+    Peak RSS is the process's high-water mark at the end of the phase (so it includes the
+    phases before); on a GPU also the peak allocated GPU memory during the phase.
+    """
+
+    def __init__(self) -> None:
+        self.record: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        import resource
+
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        yield
+        entry = {"seconds": round(time.perf_counter() - t0, 3),
+                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if cuda:
+            entry["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        self.record[name] = entry
 
 
 def _baselines(out: RunDir, evaluator: Evaluator, plan: Plan) -> dict[str, PreEdit]:
