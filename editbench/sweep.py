@@ -133,10 +133,7 @@ def load_grid(name_or_path: str | os.PathLike[str]) -> Grid:
                 expanded.append(values)
     if not expanded:
         raise EditbenchError(f"{where}: the grid expands to no cells (check 'exclude')")
-    try:
-        cells = _name_cells(expanded)
-    except EditbenchError as exc:
-        raise EditbenchError(f"{where}: {exc}") from None
+    cells = _name_cells(expanded, where)
     _validate_cells(cells, where)
     return Grid(source=where, text=text, description=description, cells=cells, resources=resources)
 
@@ -233,7 +230,7 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()[:8]
 
 
-def _name_cells(expanded: list[dict[str, Any]]) -> list[Cell]:
+def _name_cells(expanded: list[dict[str, Any]], where: str) -> list[Cell]:
     """Readable, stable folder names: ``editor-model-dataset-T<edits>-s<seed>``, and where
     cells share that, what else tells them apart (so a re-run finds the same folders)."""
     defaults = vars(RunSpec())
@@ -254,7 +251,7 @@ def _name_cells(expanded: list[dict[str, Any]]) -> list[Cell]:
             names[i] = f"{base}-{_slug(text) if simple and len(text) <= 40 else _digest(rest)}"
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise EditbenchError(f"the grid lists the same cell more than once ({duplicates[0]})")
+        raise EditbenchError(f"{where}: the grid lists the same cell more than once ({duplicates[0]})")
     return [Cell(name=n, values=v) for n, v in zip(names, expanded, strict=True)]
 
 
@@ -448,17 +445,9 @@ def _ray(todo: Sequence[tuple[Cell, RunSpec]], resources: dict[str, Any],
         return
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False)
+        ray.init(**({"address": address} if address else {"include_dashboard": False}))
     try:
-        available = ray.cluster_resources()
-        for key, ray_key in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
-            want = resources.get(key, 0)
-            if want and available.get(ray_key, 0) < want:
-                raise EditbenchError(
-                    f"each cell asks for {key} {want:g} but the Ray cluster has "
-                    f"{available.get(ray_key, 0):g}; lower 'resources' in the grid or join a larger "
-                    "cluster with --ray-address"
-                )
+        check_cluster(resources, ray.cluster_resources())
         task = ray.remote(**{"num_cpus": 1, **resources})(_ray_cell)
         cwd = os.getcwd()
         pending = {task.remote(spec, cwd): cell.name for cell, spec in todo}
@@ -474,6 +463,18 @@ def _ray(todo: Sequence[tuple[Cell, RunSpec]], resources: dict[str, Any],
     finally:
         if started:
             ray.shutdown()
+
+
+def check_cluster(resources: dict[str, Any], available: dict[str, float]) -> None:
+    """Fail at once when no node could ever run a cell (Ray would wait forever)."""
+    for key, ray_key in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        want = resources.get(key, 0)
+        if want and available.get(ray_key, 0) < want:
+            raise EditbenchError(
+                f"each cell asks for {key} {want:g} but the Ray cluster has "
+                f"{available.get(ray_key, 0):g}; lower 'resources' in the grid or join a larger "
+                "cluster with --ray-address"
+            )
 
 
 EXECUTORS: dict[str, Callable[..., Iterable[tuple[str, Outcome]]]] = {"local": _local, "ray": _ray}

@@ -11,8 +11,9 @@ from conftest import write_tiny_project
 from editbench.cli import main
 from editbench.errors import EditbenchError
 from editbench.registry import EDITORS
+from editbench.report import report_html
 from editbench.runner import RunSpec
-from editbench.sweep import load_grid, plan, sweep, sweep_state
+from editbench.sweep import check_cluster, load_grid, plan, sweep, sweep_state
 
 
 @pytest.fixture
@@ -169,6 +170,8 @@ def test_sweep_skips_finished_resumes_unfinished_and_records_failures(project, m
 
     again = sweep(grid, out)
     assert again[t2.name].status == "skipped"
+    page = report_html([out])  # the report lists every cell's outcome, errors included
+    assert "1 skipped (finished before)" in page and "4 requests, 9 were asked for" in page
     # A finished cell made with other settings is not silently taken for this grid's.
     changed = load_grid(write_grid(project, path.read_text().replace("max_new_tokens: 4", "max_new_tokens: 5")))
     outcome = sweep(changed, out)[t2.name]
@@ -176,21 +179,22 @@ def test_sweep_skips_finished_resumes_unfinished_and_records_failures(project, m
 
 
 def test_ray_executor_gives_the_same_metrics_as_local(project):
-    ray = pytest.importorskip("ray", reason="Ray is the optional extra: pip install -e '.[ray]'")
+    pytest.importorskip("ray", reason="Ray is the optional extra: pip install -e '.[ray]'")
     path = write_grid(project, TINY + "editor: [locft_bf, ft_m]\nnum_edits: 2\nresources: {num_cpus: 1}\n")
     grid = load_grid(path)
     local = sweep(grid, project / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = sweep(grid, project / "ray", executor="ray")
-        gpu = load_grid(write_grid(project, TINY + "editor: ft_m\nresources: {num_gpus: 1}\n", "gpu.yaml"))
-        with pytest.raises(EditbenchError, match="asks for num_gpus 1 but the Ray cluster has 0"):
-            sweep(gpu, project / "gpu", executor="ray")
-    finally:
-        ray.shutdown()
-    assert {o.status for o in local.values()} == {o.status for o in remote.values()} == {"done"}
+    # The CLI path: the sweep starts a local Ray instance and shuts it down.
+    assert main(["sweep", str(path), "--executor", "ray", "--output", str(project / "ray")]) == 0
+    assert {o.status for o in local.values()} == {"done"}
+    assert {c["status"] for c in sweep_state(project / "ray")["cells"].values()} == {"done"}
     for cell in grid.cells:
         a = json.loads((project / "local" / cell.name / "metrics.json").read_text())
         b = json.loads((project / "ray" / cell.name / "metrics.json").read_text())
         assert a["results"] == b["results"], cell.name
         assert a["results"]["generation"]["n"]["reliability"] == 2
+
+
+def test_a_grid_no_ray_node_can_run_fails_at_once():
+    check_cluster({"num_gpus": 1, "num_cpus": 2}, {"CPU": 16.0, "GPU": 1.0})
+    with pytest.raises(EditbenchError, match="asks for num_gpus 1 but the Ray cluster has 0"):
+        check_cluster({"num_gpus": 1}, {"CPU": 2.0})
