@@ -184,7 +184,7 @@ protocols: [generation, teacher_forced]
 max_new_tokens: 4
 capability: default
 capability_limit: 2
-set: {locft_bf: {epochs: 10}}
+set: {locft_bf: {epochs: 5}, ft_m: {max_steps: 5}}
 """
 
 
