@@ -1,4 +1,5 @@
-"""``editbench`` command line: argument parsing only; the work is in runner / leaderboard."""
+"""``editbench`` command line: argument parsing only; the work is in runner, sweep,
+leaderboard, plots and report."""
 
 from __future__ import annotations
 
@@ -128,12 +129,39 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--max-new-tokens", type=_positive, default=32)
     tu.add_argument("--eval-batch-size", type=_positive, default=32)
 
-    lb = sub.add_parser("leaderboard", help="Markdown tables of finished runs")
-    lb.add_argument("runs", nargs="+", help="run directories")
-    lb.add_argument("--strict", action="store_true", help="fail instead of splitting incomparable runs")
+    sw = sub.add_parser("sweep", help="run every cell of a grid (editors x models x datasets ...)")
+    sw.add_argument("grid", help="a grid .yaml or a shipped grid's name (editbench list grids)")
+    sw.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: one cell after another (default); ray: each cell a Ray task")
+    sw.add_argument("--output", help="sweep folder, one run directory per cell (default: sweeps/<grid>)")
+    sw.add_argument("--ray-address", help="join this running Ray cluster (default: start a local one)")
+    sw.add_argument("--dry-run", action="store_true", help="validate the grid and list its cells")
+    sw.add_argument("--device", help="auto, cpu, cuda or cuda:N for every cell")
+    sw.add_argument("--data-dir", help="folder holding downloaded dataset files")
+    sw.add_argument("--capability-data-dir", metavar="DIR",
+                    help="folder that `shared:` capability data is relative to")
 
-    ls = sub.add_parser("list", help="list registered editors, models or datasets")
-    ls.add_argument("what", choices=["editors", "models", "datasets", "suites"])
+    lb = sub.add_parser("leaderboard", help="tables of finished runs (Markdown, LaTeX, CSV, HTML, JSON)")
+    lb.add_argument("runs", nargs="+", help="run directories or sweep folders")
+    lb.add_argument("--format", choices=["md", "latex", "csv", "html", "json"], default="md")
+    lb.add_argument("--columns", help="comma-separated metrics to show, or 'all' "
+                    "(default: reliability,generalization,locality,capability where present)")
+    lb.add_argument("--strict", action="store_true",
+                    help="fail instead of showing incomparable runs as separate columns")
+    lb.add_argument("-o", "--output", help="write to this file instead of standard output")
+
+    pl = sub.add_parser("plot", help="metrics vs number of edits, one panel per metric")
+    pl.add_argument("runs", nargs="+", help="run directories or sweep folders")
+    pl.add_argument("-o", "--output", default="curves.png", help="a .png, .svg or .pdf file (default: curves.png)")
+    pl.add_argument("--columns", help="comma-separated metrics to plot, or 'all'")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page: tables, plots, each run's settings")
+    rp.add_argument("runs", nargs="+", help="sweep folders or run directories")
+    rp.add_argument("-o", "--output", default="report.html")
+    rp.add_argument("--columns", help="comma-separated metrics to show, or 'all'")
+
+    ls = sub.add_parser("list", help="list registered editors, models, datasets, suites or grids")
+    ls.add_argument("what", choices=["editors", "models", "datasets", "suites", "grids"])
 
     hp = sub.add_parser("hparams", help="print the resolved hyperparameters")
     hp.add_argument("--editor", required=True)
@@ -262,6 +290,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from editbench.models import preset_names
 
         names = preset_names()
+    elif args.what == "grids":
+        from editbench.sweep import grid_descriptions
+
+        names = [f"{name}\t{text}" for name, text in grid_descriptions().items()]
     elif args.what == "suites":
         from editbench.capability import load_suite, suite_names
 
@@ -285,10 +317,59 @@ def _cmd_hparams(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from editbench.leaderboard import tables
+def _columns(text: str | None) -> list[str] | str | None:
+    if text is None or text == "all":
+        return text
+    return [c.strip() for c in text.split(",") if c.strip()]
 
-    print(tables(args.runs, strict=args.strict))
+
+def _write_or_print(text: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from editbench.files import atomic_write_text
+
+    atomic_write_text(output, text)
+    print(f"wrote {output}")
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from editbench.leaderboard import render
+
+    _write_or_print(render(args.runs, args.format, _columns(args.columns), args.strict), args.output)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from editbench.sweep import load_grid, summary, sweep
+
+    grid = load_grid(args.grid)
+    if args.dry_run:
+        print(f"{grid.source}: {len(grid.cells)} cells")
+        print("\n".join(cell.name for cell in grid.cells))
+        return 0
+    output = args.output or str(Path("sweeps") / Path(grid.source).stem)
+    machine = {"device": args.device, "data_dir": args.data_dir,
+               "capability_data_dir": args.capability_data_dir}
+    outcomes = sweep(grid, output, args.executor, machine, args.ray_address)
+    print(summary(outcomes, output))
+    print(f"tables: editbench leaderboard {output}; page: editbench report {output}")
+    return 1 if any(o.status == "failed" for o in outcomes.values()) else 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from editbench.plots import plot
+
+    print(f"wrote {plot(args.runs, args.output, _columns(args.columns))}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from editbench.report import write_report
+
+    print(f"wrote {write_report(args.runs, args.output, _columns(args.columns))}")
     return 0
 
 
@@ -321,8 +402,9 @@ def _cmd_capability(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "tune": _cmd_tune, "list": _cmd_list, "hparams": _cmd_hparams, "leaderboard": _cmd_leaderboard,
-            "capability": _cmd_capability}
+COMMANDS = {"run": _cmd_run, "tune": _cmd_tune, "list": _cmd_list, "hparams": _cmd_hparams,
+            "leaderboard": _cmd_leaderboard, "capability": _cmd_capability, "sweep": _cmd_sweep,
+            "plot": _cmd_plot, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

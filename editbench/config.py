@@ -51,7 +51,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _check_value(value: Any, tp: Any, where: str) -> Any:
+def check_value(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` coerced to ``tp`` (int -> float only), or raise naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -65,7 +65,7 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_value(value, arg, where)
+                return check_value(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
@@ -77,7 +77,7 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list of {_type_name(args[0])}, got {value!r}")
         item_tp = args[0] if args else Any
-        items = [_check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
@@ -118,7 +118,7 @@ def build_config(cls: type[EditorConfig], raw: dict[str, Any], source: str) -> E
             raise ConfigError(
                 f"{source}: unknown key {key!r} for {cls.__name__}{did_you_mean(key, fields)}"
             )
-        kwargs[key] = _check_value(value, hints[key], f"{source}: key {key!r}")
+        kwargs[key] = check_value(value, hints[key], f"{source}: key {key!r}")
     missing = [
         name
         for name, f in fields.items()
@@ -162,14 +162,14 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _refuse_absolute_paths(raw: dict[str, Any], path: Path) -> None:
+def refuse_absolute_paths(raw: dict[str, Any], path: Path | str, what: str = "hparams") -> None:
     """YAML describes the method, not the machine: absolute paths belong on the command line."""
     for key, value in raw.items():
         values = value if isinstance(value, list) else [value]
         for v in values:
             if isinstance(v, str) and os.path.isabs(v):
                 raise ConfigError(
-                    f"{path}: key {key!r}: absolute paths do not belong in hparams, got {v!r} "
+                    f"{path}: key {key!r}: absolute paths do not belong in {what}, got {v!r} "
                     "(use a path relative to --data-dir, or --set on the command line)"
                 )
 
@@ -208,7 +208,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    _refuse_absolute_paths(raw, path)
+    refuse_absolute_paths(raw, path)
     for key, value in list(raw.items()):
         if isinstance(value, str) and _looks_numeric(value):
             raw[key] = float(value)

@@ -164,11 +164,10 @@ def plan_run(spec: RunSpec) -> Plan:
     total = len(requests)
     step = spec.edits_per_step or config.edits_per_step or total
     if spec.eval_every and step >= total:
-        raise EditbenchError(
-            f"--eval-every {spec.eval_every} has no point to evaluate at: {spec.editor} edits all "
-            f"{total} requests in one step; pass --edits-per-step S to edit in buffers of S "
-            "(breadth-first within each) and evaluate between them"
-        )
+        log.warning(
+            "--eval-every %d: %s edits all %d requests in one step, so the curve has only its "
+            "final point; pass --edits-per-step S to edit in buffers of S (breadth-first within "
+            "each) and evaluate between them", spec.eval_every, spec.editor, total)
     sample = _eval_sample(requests, spec.eval_sample, spec.seed)
     final_set = sample if spec.eval_sample_at == "both" else list(requests)
     if spec.prompt_format not in PROMPT_FORMATS:

@@ -6,6 +6,7 @@ tests need no download and run in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -167,3 +168,62 @@ def tiny_run(tmp_path, tiny_tokenizer):
     hparams = tmp_path / "h.yaml"
     hparams.write_text("modules: [block@3]\nlr: 1.0e-2\nbatch_size: 2\nepochs: 8\n")
     return tmp_path, model_dir, data, hparams
+
+# Four of them for the tiny-model CLI and sweep tests.
+RECORDS = FACTS[:4]
+
+# Hparams for the tiny LLaMA (hparams/<editor>/tiny-llama.yaml under EDITBENCH_HPARAMS_DIR).
+TINY_HPARAMS = {
+    "locft_bf": "modules: [block@3]\nlr: 1.0e-2\nbatch_size: 2\nepochs: 60\n",
+    "ft_m": "modules: [block@3]\nlr: 1.0e-2\nmax_steps: 10\n",
+}
+
+
+def write_tiny_project(root: Path, tokenizer) -> tuple[Path, Path, Path]:
+    """A tiny LLaMA saved to ``root/tiny-llama``, the facts in ``root/facts.json`` and
+    hparams under ``root/hparams``: what a user's model folder, data file and hparams
+    look like to the CLI. Returns (model folder, data file, hparams folder)."""
+    handle = make_tiny("llama", tokenizer)
+    model_dir = root / "tiny-llama"
+    handle.model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = root / "facts.json"
+    data.write_text(json.dumps(RECORDS))
+    hparams = root / "hparams"
+    for editor, text in TINY_HPARAMS.items():
+        (hparams / editor).mkdir(parents=True)
+        (hparams / editor / "tiny-llama.yaml").write_text(text)
+    return model_dir, data, hparams
+
+
+TINY_GRID = """\
+editor: [locft_bf, ft_m]
+model: tiny-llama
+dataset: facts.json
+num_edits: [2, 4]
+seed: [0, 1]
+sample: random
+eval_every: 2
+protocols: [generation, teacher_forced]
+max_new_tokens: 4
+capability: default
+capability_limit: 2
+set: {locft_bf: {epochs: 5}, ft_m: {max_steps: 5}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, tiny_tokenizer) -> Path:
+    """Real runs of the tiny LLaMA, written by a sweep: 2 editors x 2 seeds x T in {2, 4},
+    both protocols, curves every 2 edits, capability on 2 items a task (seconds)."""
+    from editbench.sweep import load_grid, sweep
+
+    root = tmp_path_factory.mktemp("tiny-sweep")
+    _, _, hparams = write_tiny_project(root, tiny_tokenizer)
+    (root / "grid.yaml").write_text(TINY_GRID)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("EDITBENCH_HPARAMS_DIR", str(hparams))
+        outcomes = sweep(load_grid("grid.yaml"), root / "sweep", machine={"device": "cpu"})
+    assert {o.status for o in outcomes.values()} == {"done"}, outcomes
+    return root / "sweep"

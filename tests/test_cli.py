@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny
+from conftest import RECORDS, write_tiny_project
 from editbench.api import EditbenchError
 from editbench.cli import main
 from editbench.files import atomic_write_json
 from editbench.leaderboard import tables
-from editbench.results import JsonlStream, RunDir
-
-RECORDS = [
-    {"case_id": i, "prompt": p, "subject": s, "target_new": t, "ground_truth": g,
-     "rephrase_prompt": r, "locality_prompt": lp, "locality_ground_truth": la}
-    for i, (p, s, t, g, r, lp, la) in enumerate([
-        ("The capital of France is", "France", "Rome", "Paris", "The capital city of France is",
-         "The chemical symbol for gold is", "Au"),
-        ("The capital of Italy is", "Italy", "Paris", "Rome", "The capital city of Italy is",
-         "The largest planet is", "Jupiter"),
-        ("The Eiffel Tower is located in the city of", "Eiffel Tower", "Rome", "Paris",
-         "The Eiffel Tower stands in the city of", "nq question: who wrote hamlet?", "William Shakespeare"),
-        ("Danielle Darrieux's mother tongue is", "Danielle Darrieux", "English", "French",
-         "The mother tongue of Danielle Darrieux is", "The capital of Italy is", "Rome"),
-    ])
-]
+from editbench.results import JsonlStream
 
 
 @pytest.fixture
 def setup(tmp_path, tiny_tokenizer):
-    handle = make_tiny("llama", tiny_tokenizer)
-    model_dir = tmp_path / "tiny-llama"
-    handle.model.save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
-    data = tmp_path / "facts.json"
-    data.write_text(json.dumps(RECORDS))
-    hparams = tmp_path / "h.yaml"
-    hparams.write_text("modules: [block@3]\nlr: 1.0e-2\nbatch_size: 2\nepochs: 60\n")
-    return tmp_path, model_dir, data, hparams
+    model_dir, data, hparams = write_tiny_project(tmp_path, tiny_tokenizer)
+    return tmp_path, model_dir, data, hparams / "locft_bf" / "tiny-llama.yaml"
 
 
 def run_cli(*args: str) -> int:
@@ -140,51 +117,6 @@ def test_atomic_writes_leave_nothing_half_written(tmp_path):
     assert not (tmp_path / "cases.jsonl").exists()
     stream.commit()
     assert (tmp_path / "cases.jsonl").read_text() == '{"x": 1}\n'
-
-
-def _fake_run(root: Path, name: str, num_edits: int, suite: str | None = None) -> Path:
-    d = RunDir(root / name)
-    d.path.mkdir()
-    d.write_config({
-        "editor": "e", "model": {"name": "m"},
-        "dataset": {"name": "zsre", "sha256": "ab" * 32, "target": "alt", "num_edits": num_edits},
-        "protocol": {"locality_definition": "x", "evaluation": "after all edits",
-                     "max_new_tokens": 32},
-        "capability": None if suite is None else {
-            "suite": suite, "suite_hash": suite * 8, "settings": {"limit": None}},
-    })
-    capability = None if suite is None else {"pre": 0.5, "post": 0.375}
-    d.write_metrics({"results": {"generation": {"reliability": 0.5, "generalization": 0.25,
-                                                "locality": 1.0}, "capability": capability},
-                     "edit_time_per_request_s": 0.1, "edits_per_step": 1})
-    return d.path
-
-
-def test_leaderboard_keeps_capability_suites_apart(tmp_path):
-    a = _fake_run(tmp_path, "a", 100, "default")
-    b = _fake_run(tmp_path, "b", 100, "default")
-    c = _fake_run(tmp_path, "c", 100, "shared")
-    same = tables([a, b])
-    assert same.count("### generation") == 1 and "Capability suite: default" in same
-    assert "| 37.5" in same
-    assert tables([a, c]).count("### generation") == 2
-    with pytest.raises(EditbenchError, match="capability suite"):
-        tables([a, c], strict=True)
-
-
-def test_leaderboard_separates_incomparable_runs(tmp_path):
-    def fake_run(name: str, num_edits: int) -> Path:
-        return _fake_run(tmp_path, name, num_edits)
-
-    a, b, c = fake_run("a", 100), fake_run("b", 100), fake_run("c", 1000)
-    same = tables([a, b])
-    assert same.count("### generation") == 1 and "| 50.0" in same
-    split = tables([a, c])
-    assert split.count("### generation") == 2
-    with pytest.raises(EditbenchError, match="not comparable"):
-        tables([a, c], strict=True)
-    with pytest.raises(EditbenchError, match="not a finished run"):
-        tables([tmp_path])
 
 
 class _Interrupt(Exception):

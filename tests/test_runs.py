@@ -235,7 +235,6 @@ def _run_args(tiny_run, *extra: str) -> list[str]:
         (["--set", "modules=[mlp_down@999]"], "layer 999 out of range"),
         (["--set", "lr=1e38"], "lr: expected a positive number of at most 1e6"),
         (["--set", "lr=nan"], "lr: expected a positive number of at most 1e6"),
-        (["--eval-every", "2"], "--eval-every 2 has no point to evaluate at"),
     ],
 )
 def test_bad_values_are_one_line(tiny_run, capsys, extra, needle):
@@ -461,3 +460,10 @@ def test_a_prompt_format_applies_to_every_prompt_and_is_recorded(tiny_run):
     prompts = [case["reliability"]["prompt"], *(g["prompt"] for g in case["generalization"]),
                *(x["prompt"] for x in case["locality"])]
     assert all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in prompts)
+
+
+def test_eval_every_on_a_single_step_says_what_happens(tiny_run, caplog):
+    out = run(spec(tiny_run, eval_every=2, output=str(tiny_run[0] / "one-step"))).path
+    assert "edits all 6 requests in one step, so the curve has only its final point" in caplog.text
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [p["edits"] for p in curve] == [6]

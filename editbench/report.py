@@ -1,0 +1,99 @@
+"""``editbench report``: one self-contained HTML page for a sweep (or any runs).
+
+The leaderboard tables, the curves (PNG embedded as data URIs, so the page is one file
+that can be mailed or archived), the sweep's cell outcomes with their errors, and every
+run's resolved settings one click away (each table cell links to its runs).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from editbench.errors import EditbenchError
+from editbench.files import atomic_write_text
+from editbench.leaderboard import Run, build, collect, html_page, to_html
+from editbench.sweep import sweep_state
+
+# Opens a run's <details> when a table link jumps to it.
+_OPEN_TARGET = ("<script>function openTarget(){var e=document.getElementById(location.hash.slice(1));"
+                "if(e&&e.tagName==='DETAILS'){e.open=true;}}"
+                "window.addEventListener('hashchange',openTarget);openTarget();</script>")
+
+
+def _anchor(run: Run, index: int) -> str:
+    return f"run-{index}-" + re.sub(r"[^A-Za-z0-9_-]+", "-", run.name)
+
+
+def _plots(runs: Sequence[Run], metrics) -> str:
+    from editbench.plots import render
+
+    try:
+        png = render(runs, "png", metrics)
+    except EditbenchError as exc:
+        return f"<p class=\"missing\">No plots: {html.escape(str(exc))}</p>"
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="plot" alt="metrics vs number of edits" src="data:image/png;base64,{data}">'
+
+
+def _sweep_section(dirs: Sequence[str | Path]) -> str:
+    parts = []
+    for d in dirs:
+        state = sweep_state(d)
+        if state is None:
+            continue
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td class=\"{html.escape(c['status'])}\">"
+            f"{html.escape(c['status'])}</td><td>{c.get('seconds', 0):.0f}</td>"
+            f"<td>{html.escape(c.get('error') or '')}</td></tr>"
+            for name, c in state["cells"].items()
+        )
+        counts = {s: sum(c["status"] == s for c in state["cells"].values()) for s in ("done", "failed", "skipped")}
+        parts.append(
+            f"<h2>Sweep {html.escape(str(d))}</h2><p>grid {html.escape(state['grid'])}; "
+            f"{len(state['cells'])} cells: {counts['done']} done, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped (finished before); executor {html.escape(state['executor'])}; "
+            f"started {html.escape(state['started'])}, finished {html.escape(str(state['finished']))}</p>"
+            f"<details><summary>cells</summary><table><thead><tr><th>cell</th><th>status</th><th>s</th>"
+            f"<th>error</th></tr></thead><tbody>{rows}</tbody></table></details>"
+        )
+    return "\n".join(parts)
+
+
+def _runs_section(runs: Sequence[Run], anchors: dict[str, str]) -> str:
+    items = []
+    for run in runs:
+        settings = html.escape(json.dumps(run.config, indent=2, sort_keys=True))
+        results = html.escape(json.dumps(run.metrics["results"], indent=2))
+        items.append(
+            f'<details id="{anchors[str(run.path)]}"><summary>{html.escape(run.name)} '
+            f"({html.escape(run.config['editor'])}, seed {run.config.get('seed')})</summary>"
+            f"<h4>results</h4><pre>{results}</pre><h4>config.json</h4><pre>{settings}</pre></details>"
+        )
+    return "<h2>Runs</h2>\n" + "\n".join(items)
+
+
+def report_html(dirs: Sequence[str | Path], metrics=None) -> str:
+    runs = collect(dirs)
+    anchors = {str(run.path): _anchor(run, i) for i, run in enumerate(runs)}
+    body = "\n".join([
+        "<h1>editbench report</h1>",
+        _sweep_section(dirs),
+        "<h2>Leaderboard</h2>",
+        to_html(build(runs, metrics), anchors),
+        "<h2>Metrics vs number of edits</h2>",
+        _plots(runs, metrics),
+        _runs_section(runs, anchors),
+        _OPEN_TARGET,
+    ])
+    return html_page("editbench report", body)
+
+
+def write_report(dirs: Sequence[str | Path], output: str | Path, metrics=None) -> Path:
+    out = Path(output)
+    atomic_write_text(out, report_html(dirs, metrics))
+    return out

@@ -1,0 +1,109 @@
+"""Curves and the HTML report of real tiny-model runs; the report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from editbench.cli import main
+from editbench.leaderboard import build, collect, to_json
+from editbench.plots import lines, render
+
+
+def test_curves_join_curve_points_and_runs_of_other_sizes(tiny_sweep):
+    runs = collect([tiny_sweep])
+    (ft_m,) = [x for x in lines(runs) if x.protocol == "generation" and x.editor == "ft_m"]
+    # T=4 runs have a point after 2 edits (curve.jsonl) and after 4; T=2 runs add to the first.
+    assert sorted(ft_m.points) == [2, 4]
+    assert len(ft_m.points[2]["reliability"]) == 4 and len(ft_m.points[4]["reliability"]) == 2
+    assert len(ft_m.points[4]["capability"]) == 2  # from metrics.json, not from the curve
+
+
+def test_plot_writes_png_and_svg(tiny_sweep, tmp_path):
+    pytest.importorskip("matplotlib", reason='plots need the plot extra: pip install -e ".[plot]"')
+    from PIL import Image
+
+    png, svg = tmp_path / "curves.png", tmp_path / "curves.svg"
+    assert main(["plot", str(tiny_sweep), "-o", str(png)]) == 0
+    assert main(["plot", str(tiny_sweep), "-o", str(svg), "--columns", "reliability,locality_raw"]) == 0
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 600 and image.height > 300
+        assert len(image.convert("RGB").getcolors(1 << 20)) > 20  # lines and text, not a blank canvas
+    text = svg.read_text()
+    assert text.startswith("<?xml") and "<svg" in text
+    assert "generation: locality_raw" in text and "teacher_forced: reliability" in text
+    assert render(collect([tiny_sweep]), "svg") == render(collect([tiny_sweep]), "svg")  # no timestamps
+
+
+def find_chromium() -> str:
+    """Debian's chromium; installed here as .ci/run does when it is missing and we may."""
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    why = "not root or no apt-get"
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        proc = subprocess.run(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+            shell=True, capture_output=True, text=True, timeout=900,
+        )
+        if path := shutil.which("chromium"):
+            return path
+        why = (proc.stderr.strip().splitlines() or ["apt-get failed"])[-1]
+    pytest.skip(f"chromium is not installed and could not be installed ({why})")
+
+
+def chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+             f"--user-data-dir={profile}"]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=180)
+
+
+def test_report_renders_in_headless_chromium(tiny_sweep, tmp_path):
+    pytest.importorskip("matplotlib", reason='plots need the plot extra: pip install -e ".[plot]"')
+    from PIL import Image
+
+    exe = find_chromium()
+    page = tmp_path / "report.html"
+    assert main(["report", str(tiny_sweep), "-o", str(page)]) == 0
+    html = page.read_text()
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # self-contained
+
+    dom = chromium(exe, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = re.sub(r"<[^>]+>", " ", dom.stdout)
+    assert dom.stdout.count("<table>") >= 2 and '<img class="plot"' in dom.stdout
+    doc = to_json(build(collect([tiny_sweep])))
+    for table in doc["tables"]:
+        for row in table["rows"]:
+            assert row["label"] in text
+            for cell in row["cells"].values():
+                assert f"{100 * cell['reliability']['mean']:.1f}" in text
+    assert "8 cells: 8 done, 0 failed, 0 skipped" in text
+    assert 'id="run-0-' in dom.stdout and "config.json" in text  # each run's settings
+
+    shot = tmp_path / "shot.png"
+    proc = chromium(exe, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1400,2400",
+                    page.as_uri())
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    with Image.open(shot) as image:
+        rgb = np.asarray(image.convert("RGB")).astype(int)
+
+    def rows_with(mask: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(mask.sum(axis=1) > 3)
+
+    def near(ref: tuple[int, int, int], tol: int = 40) -> np.ndarray:
+        return (np.abs(rgb - np.array(ref)) <= tol).all(axis=2)
+
+    # The plot: matplotlib's first two line colours (C0 blue, C1 orange) on the page.
+    plot_rows = np.intersect1d(rows_with(near((31, 119, 180))), rows_with(near((255, 127, 14))))
+    assert len(plot_rows) > 30, "the embedded plot did not render"
+    # The tables above it: dark text and grey rules in many rows.
+    text_rows = rows_with(rgb.max(axis=2) < 90)
+    assert (text_rows < plot_rows[0]).sum() > 100, "the tables did not render above the plot"
