@@ -45,39 +45,54 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
+def greedy_new_tokens(handle, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                      **kwargs) -> torch.Tensor:
+    """Greedy decoding of a left-padded batch: the new token ids ``[B, <= max_new_tokens]``.
+
+    Sampling settings of the model's generation config are switched off, so what decides
+    each token is only argmax and whatever ``kwargs`` adds (stopping criteria, logits
+    processors).
+    """
+    tokenizer = handle.tokenizer
+    out = handle.model.generate(
+        input_ids=ids.to(handle.input_device),
+        attention_mask=mask.to(handle.input_device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **kwargs,
+    )
+    return out[:, ids.shape[1]:].cpu()
+
+
+def decode_until_eos(tokenizer, tokens: Sequence[int]) -> str:
+    tokens = list(tokens)
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+@torch.no_grad()
 def generate_answers(
     handle, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 32
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (raw, no chat template), cut at the stop."""
     from transformers import StoppingCriteriaList
 
-    tokenizer, model = handle.tokenizer, handle.model
+    tokenizer = handle.tokenizer
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     stop = StoppingCriteriaList([_StopOnTokens(_stop_token_ids(tokenizer))])
     outputs: list[str] = [""] * len(prompts)
-    device = handle.input_device
     for batch in length_batches([len(e) for e in encoded], batch_size):
         ids, mask = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, left=True)
-        width = ids.shape[1]
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            stopping_criteria=stop,
-        )
-        new = out[:, width:].cpu()
+        new = greedy_new_tokens(handle, ids, mask, max_new_tokens, stopping_criteria=stop)
         for row, i in enumerate(batch):
-            tokens = new[row].tolist()
-            if tokenizer.eos_token_id in tokens:
-                tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-            outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+            outputs[i] = decode_until_eos(tokenizer, new[row].tolist())
     return outputs
 
 
