@@ -219,6 +219,9 @@ class QualityScorer:
 
     def semantic(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Similarity of each (answer, target) pair; see ``semantic.SEMANTIC_DEFINITION``."""
+        if not self.encoder.loaded:
+            with self.timed("semantic_load"):
+                self.encoder.load()
         with self.timed("semantic"):
             return self.encoder.similarities(pairs)
 

@@ -77,7 +77,12 @@ class SentenceEncoder:
                 pass
         return info
 
-    def _load(self):
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self):
+        """Load the model now (the first similarity call does it otherwise)."""
         if self._model is not None:
             return self._model
         try:
@@ -114,7 +119,7 @@ class SentenceEncoder:
             return []
         texts = sorted({t for pair in pairs for t in pair if t.strip()})
         index = {t: i for i, t in enumerate(texts)}
-        emb = self._load().encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+        emb = self.load().encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
                                   normalize_embeddings=True, show_progress_bar=False).float().cpu()
         out = []
         for answer, target in pairs:
