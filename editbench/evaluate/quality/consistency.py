@@ -22,6 +22,7 @@ that mention the new target (and not the subject) instead, a third, labelled def
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -73,13 +74,14 @@ class Idf:
 
     def cosine(self, text_a: str, text_b: str) -> float | None:
         """TF-IDF cosine of two texts; None when ``text_b`` has no vocabulary word."""
-        a, b = self.vectorizer.transform([text_a, text_b]).toarray()
-        norm_a, norm_b = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        rows = self.vectorizer.transform([text_a, text_b]).tocsr()  # sparse: ~30K columns
+        a, b = rows[0], rows[1]
+        norm_a, norm_b = math.sqrt(a.multiply(a).sum()), math.sqrt(b.multiply(b).sum())
         if norm_b == 0.0:
             return None
         if norm_a == 0.0:
             return 0.0
-        return float(a @ b / (norm_a * norm_b))
+        return float(a.multiply(b).sum() / (norm_a * norm_b))
 
 
 def consistency(generations: Sequence[str], references: Sequence[str], idf: Idf) -> float | None:
