@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from editbench.api import EditRequest
@@ -266,5 +266,3 @@ class QualityScorer:
             out["portability"] = {"definition": PORTABILITY_DEFINITION}
         return out
 
-    def settings_dict(self) -> dict[str, Any]:
-        return asdict(self.settings)

@@ -129,7 +129,3 @@ class SentenceEncoder:
                 out.append(float(emb[index[answer]] @ emb[index[target]]))
         return out
 
-
-def semantic_items(similarities: Sequence[float], threshold: float) -> tuple[list[float], list[float]]:
-    """(similarities, 0/1 success flags) for the accumulator's ``_semantic*`` lists."""
-    return list(similarities), [float(s >= threshold) for s in similarities]
