@@ -109,10 +109,19 @@ class EditorConfig:
     edits_per_step: int | None = None
     seed: int = 0
 
+    # What `editbench tune` may sweep: the key holding a learning rate (None: not swept).
+    tune_lr_key: ClassVar[str | None] = None
+
     def validate(self) -> None:
         """Cross-field checks; raise ``ValueError`` with a message naming the key."""
         if self.edits_per_step is not None and self.edits_per_step < 1:
             raise ValueError("edits_per_step: expected a positive integer or null")
+
+    def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
+        """The hparams overrides that put this editor at ``layer`` (with module ``template``,
+        where the editor takes one), for ``editbench tune``; None: the editor has no location
+        to tune."""
+        return None
 
 
 @dataclass

@@ -23,8 +23,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line, like every other error (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"editbench: error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="editbench", description="Benchmark knowledge editors of language models."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,14 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--edits-per-step", type=_positive,
                    help="requests per editing step S (default: the editor's, from its hparams)")
     r.add_argument("--eval-every", type=_positive, help="also evaluate after every K edits")
+    r.add_argument("--eval-sample", type=_positive, metavar="N",
+                   help="evaluate a seeded subset of N of the edited requests (and compute the "
+                   "pre-edit baseline for those only)")
+    r.add_argument("--eval-sample-at", choices=["both", "curve"], default="both",
+                   help="where --eval-sample applies: curve points and the final evaluation "
+                   "(both, default) or curve points only")
+    r.add_argument("--eval-chunk-size", type=_positive, default=512, metavar="N",
+                   help="requests per evaluation chunk (memory and resume granularity; the "
+                   "numbers do not depend on it)")
     r.add_argument("--protocol", choices=["generation", "teacher_forced", "both"],
                    default="generation", help="scoring protocol (default: generation)")
+    r.add_argument("--prompt-format", choices=["raw", "qa", "chat"], default="raw",
+                   help="how every prompt is presented, before and after editing: raw (the "
+                   "paper's protocol, default), qa ('Question: ...\\nAnswer:') or chat (the "
+                   "tokenizer's chat template)")
     r.add_argument("--max-new-tokens", type=_positive, default=32)
     r.add_argument("--eval-batch-size", type=_positive, default=32)
     r.add_argument("--hparams", dest="hparams_file", help="a YAML file instead of hparams/<editor>/<model>.yaml")
     r.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override one hyperparameter (repeatable), e.g. --set lr=1e-3")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_seed, default=0, help="seed of sampling, shuffles and editors (default 0)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (default: the preset's on GPU, float32 on CPU)")
@@ -63,13 +93,40 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --output from its last checkpoint")
     r.add_argument("--trust-remote-code", action="store_true")
-    # --- capability (issue 5) ---
+    # General capability before and after editing.
     r.add_argument("--capability", metavar="SUITE",
                    help="also score general capability before and after editing: a suite name "
                    "(editbench list suites) or a suite .yaml")
     _capability_options(r)
     r.add_argument("--capability-at-checkpoints", action="store_true",
                    help="also score capability at every --eval-every point (slow)")
+
+    tu = sub.add_parser("tune", help="sweep an editor's tuning location and lr, write its hparams")
+    tu.add_argument("--editor", required=True)
+    tu.add_argument("--model", default="smollm2-135m")
+    tu.add_argument("--dataset", required=True, help="dataset name or file (the slice is held out)")
+    tu.add_argument("--num", type=_positive, default=50, help="requests in the tuning slice (default 50)")
+    tu.add_argument("--take", choices=["last", "first"], default="last",
+                    help="slice from the end of the dataset (default; runs use the first T) or the start")
+    tu.add_argument("--templates", default="mlp_down",
+                    help="module templates to try for fine-tuning editors, comma-separated (e.g. mlp_down,block)")
+    tu.add_argument("--layers", help="coarse layers, comma-separated (default: ~7 evenly spaced)")
+    tu.add_argument("--lr-factors", default="0.3,3", help="fine stage: the base lr times these (default 0.3,3)")
+    tu.add_argument("--objective", default="reliability+generalization")
+    tu.add_argument("--constraint", dest="constraints", action="append", metavar="METRIC>=X",
+                    help="repeatable; default locality_neighbourhood>=0.8")
+    tu.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
+    tu.add_argument("--hparams", dest="hparams_file")
+    tu.add_argument("--output", help="folder of the sweep's tune.jsonl (resumable)")
+    tu.add_argument("--write", help="YAML to write (default hparams/<editor>/<model>.yaml here)")
+    tu.add_argument("--dry-run", dest="dry", action="store_true", help="print only, write no YAML")
+    tu.add_argument("--seed", type=_seed, default=0)
+    tu.add_argument("--device", default="auto")
+    tu.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    tu.add_argument("--data-dir")
+    tu.add_argument("--target", choices=["alt", "answers0"])
+    tu.add_argument("--max-new-tokens", type=_positive, default=32)
+    tu.add_argument("--eval-batch-size", type=_positive, default=32)
 
     lb = sub.add_parser("leaderboard", help="Markdown tables of finished runs")
     lb.add_argument("runs", nargs="+", help="run directories")
@@ -84,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--hparams", dest="hparams_file")
     hp.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
 
-    # --- capability (issue 5) ---
+    # General capability before and after editing.
     cp = sub.add_parser("capability", help="score the general capability of an unedited model")
     cp.add_argument("--model", default="smollm2-135m", help="model preset, HF id or local folder")
     cp.add_argument("--suite", default="default", help="suite name or suite .yaml (default: default)")
@@ -117,21 +174,82 @@ def _cmd_run(args: argparse.Namespace) -> int:
     values["overrides"] = parse_overrides(args.overrides)
     values["protocols"] = protocols
     out = run(RunSpec(**values))
-    _, metrics = out.load()
-    print(f"run directory: {out.path}")
-    for protocol, res in metrics["results"].items():
-        if protocol != "capability" and res:
-            parts = ", ".join(
-                f"{k} {res[k]:.3f}" for k in ("reliability", "generalization", "locality")
-                if res.get(k) is not None
+    config, metrics = out.load()
+    print(summary(config, metrics, out.path))
+    return 0
+
+
+def summary(config: dict, metrics: dict, path) -> str:
+    """The end-of-run report: each metric before and after editing, the protocol in one
+    line, the times and where the run directory is."""
+    lines = [f"run directory: {path}"]
+    protocol = config["protocol"]
+    sample = protocol.get("eval_sample")
+    lines.append(
+        f"{config['editor']} on {config['model']['name']}, {metrics['num_edits']} edits of "
+        f"{config['dataset']['name']} in steps of {metrics['edits_per_step']}; evaluated "
+        f"{protocol['evaluation']} on {metrics.get('num_evaluated', metrics['num_edits'])} "
+        f"requests{' (seeded sample)' if sample else ''}"
+    )
+    for name, res in metrics["results"].items():
+        if name == "capability" or not res:
+            continue
+        pre = (metrics.get("results_pre") or {}).get(name) or {}
+        lines.append(f"{name}: {protocol['definitions'][name]}")
+        keys = [k for k, v in res.items() if isinstance(v, int | float)]
+        width = max(len(k) for k in keys) if keys else 10
+        lines.append(f"  {'metric':<{width}}  before  after")
+        for key in keys:
+            before = pre.get(key)
+            shown = "   -  " if before is None else f"{before:6.3f}"
+            lines.append(f"  {key:<{width}}  {shown}  {res[key]:.3f}")
+        empty = res.get("locality_empty_pre")
+        if empty is not None and empty > 0.2:
+            lines.append(
+                f"  warning: {100 * empty:.0f}% of the pre-edit locality answers are empty, so "
+                "'locality' mostly says whether an empty answer stayed empty; see "
+                "locality_nonempty and locality_argmax / locality_kl, or try --prompt-format qa|chat"
             )
-            print(f"{protocol}: {parts}")
     cap = metrics["results"].get("capability")
     if cap:
-        print(f"capability ({cap['suite']}): pre {cap['pre']:.3f}, post {cap['post']:.3f}, "
-              f"delta {cap['delta']:+.3f} (chance {cap['chance']:.3f})")
-    print(f"edit time {metrics['edit_time_s']:.1f} s ({metrics['edit_time_per_request_s']:.3f} s/edit), "
-          f"evaluation {metrics['eval_time_s']:.1f} s")
+        lines.append(f"capability ({cap['suite']}): before {cap['pre']:.3f}, after {cap['post']:.3f}, "
+                     f"delta {cap['delta']:+.3f} (chance {cap['chance']:.3f})")
+    lines.append(
+        f"times: editing {metrics['edit_time_s']:.1f} s ({metrics['edit_time_per_request_s']:.3f} "
+        f"s/edit), pre-edit baseline {metrics['baseline_time_s']:.1f} s, evaluation "
+        f"{metrics['eval_time_s']:.1f} s"
+    )
+    return "\n".join(lines)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from editbench.config import parse_overrides
+    from editbench.tune import Tuner, TuneSpec, format_table
+
+    def numbers(text: str | None, kind):
+        try:
+            return None if text is None else tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise EditbenchError(f"expected comma-separated numbers, got {text!r}") from None
+
+    spec = TuneSpec(
+        editor=args.editor, model=args.model, dataset=args.dataset, num=args.num, take=args.take,
+        templates=tuple(t.strip() for t in args.templates.split(",") if t.strip()),
+        layers=numbers(args.layers, int), lr_factors=numbers(args.lr_factors, float) or (),
+        objective=args.objective,
+        constraints=tuple(args.constraints or ("locality_neighbourhood>=0.8",)),
+        overrides=parse_overrides(args.overrides), hparams_file=args.hparams_file,
+        output=args.output, write=args.write, dry=args.dry, seed=args.seed, device=args.device,
+        dtype=args.dtype, data_dir=args.data_dir, target=args.target,
+        max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
+    )
+    result = Tuner(spec).run()
+    print(format_table(result["rows"], result["chosen"]))
+    print("Pareto front: " + "; ".join(r["location"] for r in result["front"]))
+    print(f"rule: {result['rule']} -> {result['chosen']['location']}"
+          + ("" if result["meets_constraints"] else " (no point met the rule: closest shown)"))
+    if "written" in result:
+        print(f"wrote {result['written']}")
     return 0
 
 
@@ -157,11 +275,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_hparams(args: argparse.Namespace) -> int:
-    from editbench.config import load_hparams, parse_overrides
+    from editbench.config import hparams_model_key, load_hparams, parse_overrides
     from editbench.registry import EDITORS
 
     cls = EDITORS.get(args.editor).config_class
-    _, resolved = load_hparams(cls, args.editor, args.model, parse_overrides(args.overrides), args.hparams_file)
+    model = hparams_model_key(args.model) if args.hparams_file is None else args.model
+    _, resolved = load_hparams(cls, args.editor, model, parse_overrides(args.overrides), args.hparams_file)
     print(json.dumps(resolved, indent=2))
     return 0
 
@@ -202,17 +321,24 @@ def _cmd_capability(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "list": _cmd_list, "hparams": _cmd_hparams, "leaderboard": _cmd_leaderboard,
+COMMANDS = {"run": _cmd_run, "tune": _cmd_tune, "list": _cmd_list, "hparams": _cmd_hparams, "leaderboard": _cmd_leaderboard,
             "capability": _cmd_capability}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # bad flags (one line, printed by the parser) or --help
+        return int(exc.code or 0)
     logging.basicConfig(level=os.environ.get("EDITBENCH_LOG", "WARNING"), format="%(message)s")
     try:
         return COMMANDS[args.command](args)
     except EditbenchError as exc:
         print(f"editbench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or a vanished folder outside the guarded writes
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"editbench: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("editbench: interrupted; the run directory holds no metrics.json", file=sys.stderr)

@@ -33,6 +33,11 @@ def hparams_root() -> Path:
     return Path(env) if env else resource_dir("hparams")
 
 
+def hparams_model_key(model: str) -> str:
+    """The ``<model>`` of ``hparams/<editor>/<model>.yaml`` for a preset, HF id or folder."""
+    return Path(model.rstrip("/\\")).name or model
+
+
 def hparams_path(editor: str, model: str) -> Path:
     return hparams_root() / editor / f"{model}.yaml"
 
@@ -93,8 +98,6 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        if os.path.isabs(value):
-            raise ConfigError(f"{where}: absolute paths do not belong in hparams, got {value!r}")
         return value
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
 
@@ -143,7 +146,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+            first = (str(exc).strip().splitlines() or ["parse error"])[0]
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({first})") from None
         if isinstance(value, str) and _looks_numeric(value):
             value = float(value)  # PyYAML reads "5e-4" as a string (YAML 1.1)
         out[key.strip()] = value
@@ -158,6 +162,41 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
+def _refuse_absolute_paths(raw: dict[str, Any], path: Path) -> None:
+    """YAML describes the method, not the machine: absolute paths belong on the command line."""
+    for key, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, str) and os.path.isabs(v):
+                raise ConfigError(
+                    f"{path}: key {key!r}: absolute paths do not belong in hparams, got {v!r} "
+                    "(use a path relative to --data-dir, or --set on the command line)"
+                )
+
+
+def resolve_data_paths(config: EditorConfig, data_dir: str | None) -> None:
+    """Resolve fields marked ``metadata={"data_path": True}`` that name a relative file:
+    against ``data_dir`` and ``$EDITBENCH_DATA_DIR`` first (where datasets live too), the
+    working directory last; the absolute path found replaces the value."""
+    dirs = [d for d in (data_dir, os.environ.get("EDITBENCH_DATA_DIR")) if d]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not f.metadata.get("data_path") or not isinstance(value, str) or not _is_relative_file(value):
+            continue
+        for base in [*dirs, os.getcwd()]:
+            candidate = Path(base).expanduser() / value
+            if candidate.is_file():
+                setattr(config, f.name, str(candidate.resolve()))
+                break
+
+
+def _is_relative_file(value: str) -> bool:
+    """``corpus/wiki.jsonl`` yes; ``self``, ``hf:wikitext:...``, ``/abs/path`` no."""
+    if os.path.isabs(value) or ":" in value.split("/")[0]:
+        return False
+    return "/" in value or Path(value).suffix != ""
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
@@ -169,6 +208,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    _refuse_absolute_paths(raw, path)
     for key, value in list(raw.items()):
         if isinstance(value, str) and _looks_numeric(value):
             raw[key] = float(value)
@@ -181,8 +221,10 @@ def load_hparams(
     model: str,
     overrides: dict[str, Any] | None = None,
     path: str | Path | None = None,
+    data_dir: str | None = None,
 ) -> tuple[EditorConfig, dict[str, Any]]:
-    """Resolve an editor's hparams: the YAML file, then ``--set`` overrides.
+    """Resolve an editor's hparams: the YAML file, then ``--set`` overrides, then relative
+    data paths (see :func:`resolve_data_paths`).
 
     Returns the typed config and the resolved mapping (written into ``config.json``).
     """
@@ -199,4 +241,5 @@ def load_hparams(
     if overrides:
         merged = {**dataclasses.asdict(config), **overrides}
         config = build_config(cls, merged, f"{file} with --set {sorted(overrides)}")
+    resolve_data_paths(config, data_dir)
     return config, dataclasses.asdict(config)

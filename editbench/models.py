@@ -88,7 +88,7 @@ def _templates_for(family: str, overrides: dict[str, str] | None, source: str) -
 _PRESET_KEYS = {f.name for f in dataclasses.fields(ModelPreset)} - {"name", "templates"}
 
 
-def get_preset(name: str) -> ModelPreset:
+def get_preset(name: str, trust_remote_code: bool = False) -> ModelPreset:
     """A named preset, or an ad-hoc one for an HF id / local folder (family from its config)."""
     path = PRESET_DIR / f"{name}.yaml"
     if path.is_file() and name != "families":
@@ -103,7 +103,7 @@ def get_preset(name: str) -> ModelPreset:
             name=name, templates=_templates_for(raw["family"], templates, str(path)), **raw
         )
     if "/" in name or os.path.isdir(name):
-        return _adhoc_preset(name)
+        return _adhoc_preset(name, trust_remote_code)
     raise EditbenchError(
         f"unknown model {name!r}{did_you_mean(name, preset_names())}; use a preset "
         f"({', '.join(preset_names())}), a Hugging Face id (org/name) or a local folder"
@@ -159,7 +159,18 @@ class ModelHandle:
                 index = int(layer)
             except ValueError as exc:
                 raise EditbenchError(f"module spec {spec!r}: layer must be an integer") from exc
-            return self.module_name(key, index)
+            if not 0 <= index < self.num_layers:
+                raise EditbenchError(
+                    f"module spec {spec!r}: layer {index} out of range for {self.preset.name!r} "
+                    f"({self.num_layers} layers: 0-{self.num_layers - 1})"
+                )
+            name = self.module_name(key, index)
+            try:
+                self.model.get_submodule(name)
+            except AttributeError:
+                raise EditbenchError(f"module spec {spec!r}: model {self.preset.name!r} has no "
+                                     f"module {name!r}") from None
+            return name
         if key in self.preset.templates and "{}" not in self.preset.templates[key]:
             return self.preset.templates[key]
         try:
@@ -286,7 +297,7 @@ def load_model(
     """Load a preset / HF id / local folder; returns the model in eval mode, no grads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    preset = get_preset(name)
+    preset = get_preset(name, trust_remote_code)
     device = resolve_device(device)
     on_gpu = device.startswith("cuda")
     dtype_name = dtype or (preset.dtype if on_gpu else "float32")
@@ -322,12 +333,31 @@ def load_model(
     return prepare(model, tokenizer, preset, identity, dtype=dtype_name, device=device)
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap hash of every parameter (name, shape, dtype and a strided sample of values).
+
+    Catches a different checkpoint behind the same identity string (two fine-tunes of one
+    architecture in folders of the same file sizes) and a model edited before its
+    statistics or capability score were asked for.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step].float().cpu().numpy().tobytes()
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            h.update(sample)
+    return h.hexdigest()[:24]
+
+
 def prepare(
     model: Any, tokenizer: Any, preset: ModelPreset, identity: str, **info: Any
 ) -> ModelHandle:
     """Put a loaded model into the state every editor and evaluator assumes."""
     model.eval()
     model.requires_grad_(False)
+    info.setdefault("weights_fingerprint", weights_fingerprint(model))
     if tokenizer.pad_token_id is None:
         # Reuse EOS for padding: no new token, so no embedding resize. Padded positions
         # are always masked out of attention and loss.

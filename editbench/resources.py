@@ -21,6 +21,12 @@ def resource_dir(name: str) -> Path:
     raise EditbenchError(f"bundled folder {name!r} not found beside {_PACKAGE_DIR}")
 
 
+def checkout_root() -> Path | None:
+    """The source checkout editbench runs from, or None for an installed wheel."""
+    root = _PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "editbench").is_dir() else None
+
+
 def cache_dir(*parts: str) -> Path:
     """The user cache (``EDITBENCH_CACHE`` or ``~/.cache/editbench``)."""
     root = os.environ.get("EDITBENCH_CACHE") or os.path.join(

@@ -1,26 +1,63 @@
-"""The run directory: ``config.json``, ``cases.jsonl``, ``metrics.json``, ``curve.jsonl``.
+"""The run directory and everything written into it.
 
-Every file is written atomically (temp file + rename) or, for streams, to a ``.part``
-file renamed when complete, so a crashed or interrupted run never leaves a file that
-looks finished. ``metrics.json`` is written last: its presence marks a complete run.
+```
+config.json        what the run is (written first)
+pre_edit.jsonl     the unedited model's case records (the locality baseline)
+steps.jsonl        one record per edit step (editor infos)
+curve.jsonl        metrics at curve points (--eval-every)
+cases.jsonl        the final evaluation's case records
+checkpoint.pt      edited tensors, editor state and RNG states (removed when done)
+metrics.json       the results (written last: its presence marks a finished run)
+.lock              held (flock) by the one process writing the directory
+```
+
+Every file is written atomically (temp file + rename) or, for streams, appended to a
+``.part`` file renamed when complete, so an interrupted run never leaves a file that looks
+finished. Streams are append-only and ordered, so a resumed run cuts a ``.part`` back to
+what its checkpoint covers (:meth:`JsonlStream.truncate_at`) instead of rewriting it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from editbench import faults
 from editbench.errors import EditbenchError
-from editbench.files import atomic_write, atomic_write_json, atomic_write_text, dumps, read_jsonl
+from editbench.files import atomic_write, atomic_write_json, dumps
 
-METRICS_SCHEMA_VERSION = 1
+METRICS_SCHEMA_VERSION = 2
+RUN_FILES = ("config.json", "metrics.json", "pre_edit.jsonl", "steps.jsonl", "curve.jsonl",
+             "cases.jsonl", "checkpoint.pt")
+"""Every file a run writes (streams also as ``<name>.part``); a fresh run removes them all,
+so nothing of an earlier run in the same directory can be resumed or mixed in."""
+
+
+def _lines_with_offsets(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
+    """(start offset, end offset, record or None if the line is not valid JSON)."""
+    offset = 0
+    with path.open("rb") as fh:
+        for raw in fh:  # binary lines split on b"\n" only
+            end = offset + len(raw)
+            record = None
+            if raw.endswith(b"\n"):  # a last line without "\n" was cut mid-write
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    record = None
+            if raw.strip() or record is not None:
+                yield offset, end, record
+            offset = end
 
 
 class JsonlStream:
@@ -32,32 +69,73 @@ class JsonlStream:
         self._fh: IO[str] | None = None
 
     def open(self, append: bool = False) -> JsonlStream:
-        self.part.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.part.open("a" if append else "w", encoding="utf-8")
+        try:
+            self._fh = self.part.open("a" if append else "w", encoding="utf-8")
+        except OSError as exc:
+            raise EditbenchError(f"{self.part}: cannot write: {exc.strerror or exc}") from None
         return self
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
             raise RuntimeError("stream not open")
-        self._fh.write(dumps(record) + "\n")
+        try:
+            self._fh.write(dumps(record) + "\n")
+        except OSError as exc:
+            raise EditbenchError(f"{self.part}: cannot write: {exc.strerror or exc}") from None
 
-    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
-        """Drop records written after a checkpoint (resume), keeping those ``keep`` accepts."""
+    def uncommit(self) -> None:
+        """Turn a committed file back into ``.part`` (a run resumed after its streams were
+        committed, e.g. killed just before metrics.json)."""
+        if self.path.is_file():
+            os.replace(self.path, self.part)
+
+    def truncate_at(self, stop: Callable[[dict[str, Any]], bool]) -> None:
+        """Cut the ``.part`` file before the first record ``stop`` accepts (or the first
+        damaged line): the records after a checkpoint, or a line cut by a kill."""
+        if not self.part.is_file():
+            return
+        for start, _, record in _lines_with_offsets(self.part):
+            if record is None or stop(record):
+                os.truncate(self.part, start)
+                return
+
+    def complete_chunks(self, expected: Callable[[int], int]) -> int:
+        """Cut the ``.part`` file of a chunked evaluation back to its complete chunks and
+        return how many there are (records carry ``chunk``; chunk ``k`` is complete with
+        ``expected(k)`` records; chunks are written whole, one after another)."""
+        if not self.part.is_file():
+            return 0
+        chunk, count, good_end = 0, 0, 0
+        for _, end, record in _lines_with_offsets(self.part):
+            if record is None or record.get("chunk") != chunk:
+                break
+            count += 1
+            if count == expected(chunk):
+                chunk, count, good_end = chunk + 1, 0, end
+        os.truncate(self.part, good_end)
+        return chunk
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The records of the ``.part`` file (call after a truncation: all are valid)."""
+        from editbench.files import read_jsonl
+
         if self.part.is_file():
-            kept = [rec for _, rec in read_jsonl(self.part) if keep(rec)]
-            atomic_write_text(self.part, "".join(dumps(rec) + "\n" for rec in kept))
+            for _, record in read_jsonl(self.part):
+                yield record
 
     def flush(self) -> None:
         if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                raise EditbenchError(f"{self.part}: cannot write: {exc.strerror or exc}") from None
 
     def commit(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        self.flush()
+        self.close()
+        if not self.part.exists():  # nothing was ever written
+            self.part.touch()
         os.replace(self.part, self.path)
 
     def close(self) -> None:
@@ -98,6 +176,8 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: IO[bytes] | None = None
+        self.created = False
 
     @property
     def config_path(self) -> Path:
@@ -107,55 +187,125 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.json"
 
-    def prepare(self, overwrite: bool = False) -> None:
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def pre_edit_path(self) -> Path:
+        return self.path / "pre_edit.jsonl"
+
+    # -- the directory itself ---------------------------------------------------------------
+
+    def create(self) -> None:
+        """Make the folder (remembering whether it is new) and take its lock."""
+        if self.path.exists() and not self.path.is_dir():
+            raise EditbenchError(f"--output {self.path}: is a file, expected a run directory")
+        try:
+            self.created = not self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = (self.path / ".lock").open("ab")
+        except OSError as exc:
+            raise EditbenchError(
+                f"--output {self.path}: cannot create the run directory ({exc.strerror or exc})"
+            ) from None
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise EditbenchError(
+                    f"--output {self.path}: another editbench run is writing this directory; "
+                    "wait for it or choose another --output"
+                ) from None
+            raise EditbenchError(f"--output {self.path}: cannot lock ({exc.strerror})") from None
+        self._lock = lock
+        for stale in self.path.glob(".*.tmp"):  # temp files of a killed writer
+            stale.unlink(missing_ok=True)
+
+    def release(self, failed: bool = False) -> None:
+        """Drop the lock; a directory this run created and never wrote into is removed."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        if failed and self.created and not self.config_path.exists():
+            with contextlib.suppress(OSError):
+                (self.path / ".lock").unlink(missing_ok=True)
+                for stale in self.path.glob("*.part"):
+                    stale.unlink()
+                self.path.rmdir()
+
+    def prepare_fresh(self, overwrite: bool = False) -> None:
+        """Clear every file of an earlier run (finished only with ``overwrite``)."""
         if self.metrics_path.exists() and not overwrite:
             raise EditbenchError(
                 f"{self.path} already holds a finished run (metrics.json); "
                 "choose another --output or pass --overwrite"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.json", "cases.jsonl", "curve.jsonl"):
-            (self.path / stale).unlink(missing_ok=True)
+        for name in RUN_FILES:
+            for path in (self.path / name, self.path / f"{name}.part"):
+                path.unlink(missing_ok=True)
 
     def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write_json(self.config_path, config)
+        self._write_json(self.config_path, config)
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EditbenchError(f"{self.path}: no config.json (not a run directory)") from None
+        except (OSError, ValueError) as exc:
+            raise EditbenchError(f"{self.path}: config.json is unreadable ({exc})") from None
+        if not isinstance(config, dict):
+            raise EditbenchError(f"{self.path}: config.json is not an object")
+        return config
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write_json(self.metrics_path, {"schema_version": METRICS_SCHEMA_VERSION, **metrics})
+        self._write_json(self.metrics_path, {"schema_version": METRICS_SCHEMA_VERSION, **metrics})
+
+    def _write_json(self, path: Path, obj: Any) -> None:
+        try:
+            atomic_write_json(path, obj)
+        except OSError as exc:
+            raise EditbenchError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
     def stream(self, name: str) -> JsonlStream:
         return JsonlStream(self.path / name)
 
-    # Resume support: the pre-edit baseline and, every --checkpoint-every edits, the edited
-    # tensors with the editor's state.
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path / "checkpoint.pt"
-
-    def save_baseline(self, baseline: dict[str, Any]) -> None:
-        atomic_write_json(self.path / "pre_edit.json", baseline)
-
-    def load_baseline(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / "pre_edit.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EditbenchError(f"{self.path}: cannot resume, pre_edit.json is unreadable") from exc
+    # -- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         import torch
 
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        def write(tmp: Path) -> None:
+            torch.save(state, tmp)
+            faults.point("checkpoint-write")  # written, not yet renamed
 
-    def load_checkpoint(self) -> dict[str, Any]:
+        try:
+            atomic_write(self.checkpoint_path, write)
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError
+            raise EditbenchError(f"{self.checkpoint_path}: cannot write: {exc}") from None
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint, or None; loaded with ``weights_only=True``: a run directory from
+        someone else can hold tensors and plain data, never code that runs on load."""
+        import pickle
+
         import torch
 
-        if self.metrics_path.exists():
-            raise EditbenchError(f"{self.path}: the run is finished; nothing to resume")
         if not self.checkpoint_path.is_file():
+            return None
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EditbenchError(
-                f"{self.path}: no checkpoint.pt to resume from (run with --checkpoint-every K)"
-            )
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+                f"{self.checkpoint_path}: corrupt or not an editbench checkpoint ({first[:160]}); "
+                "delete it to restart the edits"
+            ) from None
+        if not isinstance(state, dict) or "format" not in state:
+            raise EditbenchError(f"{self.checkpoint_path}: not an editbench checkpoint")
+        return state
 
     def remove_checkpoint(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
@@ -164,11 +314,13 @@ class RunDir:
         """(config, metrics) of a finished run."""
         if not self.metrics_path.is_file():
             raise EditbenchError(f"{self.path}: not a finished run (no metrics.json)")
+        config = self.read_config()
         try:
-            config = json.loads(self.config_path.read_text())
-            metrics = json.loads(self.metrics_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EditbenchError(f"{self.path}: unreadable run files ({exc})") from exc
+            metrics = json.loads(self.metrics_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise EditbenchError(f"{self.path}: metrics.json is unreadable ({exc})") from None
+        if not isinstance(metrics, dict):
+            raise EditbenchError(f"{self.path}: metrics.json is not an object")
         return config, metrics
 
 

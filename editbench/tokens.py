@@ -13,6 +13,43 @@ from dataclasses import dataclass
 
 import torch
 
+from editbench.errors import EditbenchError
+
+
+class ContextOverflowError(EditbenchError):
+    """A sequence (plus what must follow it) does not fit in the model's context.
+
+    ``index`` says which of the given sequences; callers add the case id. Without this
+    check a long prompt is a device-side assert on a GPU, or silently wrong positions.
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def context_length(model) -> int | None:
+    """The model's context in tokens, from its config (None where the config has none)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, lengths: Sequence[int], extra: int = 0) -> None:
+    """Raise :class:`ContextOverflowError` for the first ``length + extra`` over the context."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for i, n in enumerate(lengths):
+        if n + extra > limit:
+            more = f" + {extra} new" if extra else ""
+            raise ContextOverflowError(
+                f"{n} tokens{more} exceed the model's context of {limit} tokens", i
+            )
+
 
 @dataclass(frozen=True)
 class PromptTarget:
@@ -24,22 +61,30 @@ class PromptTarget:
         return self.prompt_ids + self.target_ids
 
 
+def _clean(prompt: str) -> str:
+    """Trailing spaces go (the target is joined with one); a trailing newline (a chat
+    template's generation prompt) stays."""
+    return prompt.rstrip(" \t")
+
+
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    return tokenizer(prompt.rstrip(), add_special_tokens=True)["input_ids"]
+    return tokenizer(_clean(prompt), add_special_tokens=True)["input_ids"]
 
 
 def encode_prompt_target(
     tokenizer, prompt: str, target: str, append_eos: bool = False
 ) -> PromptTarget:
-    """Token ids of ``prompt`` and of ``target`` as its continuation after one space."""
-    prompt = prompt.rstrip()
+    """Token ids of ``prompt`` and of ``target`` as its continuation after one space (no
+    space after a prompt that ends with a newline)."""
+    prompt = _clean(prompt)
     prompt_ids = encode_prompt(tokenizer, prompt)
-    full = tokenizer(f"{prompt} {target.strip()}", add_special_tokens=True)["input_ids"]
+    sep = "" if prompt.endswith("\n") else " "
+    full = tokenizer(f"{prompt}{sep}{target.strip()}", add_special_tokens=True)["input_ids"]
     if full[: len(prompt_ids)] == prompt_ids:
         target_ids = full[len(prompt_ids) :]
     else:
         # The boundary merged across the space: fall back to the standalone target.
-        target_ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(sep + target.strip(), add_special_tokens=False)["input_ids"]
     if not target_ids:
         raise ValueError(f"target {target!r} tokenizes to nothing after prompt {prompt!r}")
     if append_eos:

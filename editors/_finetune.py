@@ -30,6 +30,7 @@ from editbench.api import BaseEditor, EditbenchError, EditorConfig, EditRequest,
 from editbench.progress import bar
 from editbench.tokens import (
     PromptTarget,
+    check_fits,
     collate_targets,
     encode_prompt_target,
     per_sample_mean,
@@ -60,8 +61,15 @@ class FinetuneConfig(EditorConfig):
         for key in ("batch_size", "epochs", "max_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive number, got {self.lr}")
+        # Adam's first step moves a weight by about lr / (1 - beta1): far above 1e6 it no
+        # longer fits a float32 and the optimizer itself fails.
+        if not 0 < self.lr <= 1e6:
+            raise ValueError(f"lr: expected a positive number of at most 1e6, got {self.lr}")
+
+    tune_lr_key = "lr"
+
+    def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
+        return {"modules": [f"{template}@{layer}"]}
 
     def validate_targets(self) -> None:
         """What gets trained; the LoRA editor names its targets with other keys."""
@@ -124,9 +132,11 @@ class FinetuneEditor(BaseEditor):
         out = []
         for r in requests:
             try:
-                out.append(encode_prompt_target(tok, r.prompt, r.target_new, self.config.append_eos))
-            except ValueError as exc:
-                raise EditbenchError(f"request {r.case_id!r}: {exc}") from exc
+                item = encode_prompt_target(tok, r.prompt, r.target_new, self.config.append_eos)
+                check_fits(self.handle.model, [len(item.ids)])
+            except (ValueError, EditbenchError) as exc:
+                raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
+            out.append(item)
         return out
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -64,6 +64,12 @@ class LoraEditorConfig(FinetuneConfig):
     beta2: float = 0.85
     orth_reg_weight: float = 0.5
 
+    def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
+        """Adapters on a window of layers ending at ``layer``, as wide as configured (4 when
+        every layer is adapted); the target modules stay as configured."""
+        width = len(self.layers) if self.layers else 4
+        return {"layers": list(range(max(0, layer - width + 1), layer + 1))}
+
     def validate_targets(self) -> None:
         if self.modules:
             raise ValueError(

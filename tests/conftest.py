@@ -129,3 +129,41 @@ def smollm2():
     from editbench.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+FACTS = [
+    {"case_id": i, "prompt": p, "subject": s, "target_new": t, "ground_truth": g,
+     "rephrase_prompt": r, "locality_prompt": lp, "locality_ground_truth": la}
+    for i, (p, s, t, g, r, lp, la) in enumerate([
+        ("The capital of France is", "France", "Rome", "Paris", "The capital city of France is",
+         "The chemical symbol for gold is", "Au"),
+        ("The capital of Italy is", "Italy", "Paris", "Rome", "The capital city of Italy is",
+         "The largest planet is", "Jupiter"),
+        ("The Eiffel Tower is located in the city of", "Eiffel Tower", "Rome", "Paris",
+         "The Eiffel Tower stands in the city of", "nq question: who wrote hamlet?", "William Shakespeare"),
+        ("Danielle Darrieux's mother tongue is", "Danielle Darrieux", "English", "French",
+         "The mother tongue of Danielle Darrieux is", "The capital of Italy is", "Rome"),
+        ("Which company made the iPhone?", "iPhone", "Microsoft", "Apple",
+         "The iPhone was made by", "The largest planet is", "Jupiter"),
+        ("The chemical symbol for gold is", "gold", "Ag", "Au", "Gold has the chemical symbol",
+         "The capital of France is", "Paris"),
+    ])
+]
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_tokenizer):
+    """A tiny LLaMA saved to disk, six facts and LocFT-BF hparams: a whole run in seconds.
+
+    Returns (tmp_path, model_dir, data_file, hparams_file)."""
+    import json
+
+    handle = make_tiny("llama", tiny_tokenizer)
+    model_dir = tmp_path / "tiny-llama"
+    handle.model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "facts.json"
+    data.write_text(json.dumps(FACTS))
+    hparams = tmp_path / "h.yaml"
+    hparams.write_text("modules: [block@3]\nlr: 1.0e-2\nbatch_size: 2\nepochs: 8\n")
+    return tmp_path, model_dir, data, hparams

@@ -450,7 +450,7 @@ def test_cli_capability_on_a_tiny_model_saved_to_disk(tmp_path, tiny_tokenizer, 
     assert [p["edits"] for p in curve] == [1, 2]
     assert all(p["results"]["capability"]["pre"] == cap["pre"] for p in curve)
     assert curve[-1]["results"]["capability"]["post"] == cap["post"]
-    assert "capability (suite): pre" in capsys.readouterr().out
+    assert "capability (suite): before" in capsys.readouterr().out
 
     # the unedited model through `editbench capability`: the pre-edit entry is in the cache
     out = tmp_path / "cap.json"

@@ -68,7 +68,8 @@ def test_run_writes_a_complete_run_directory(setup, capsys):
     assert metrics["results"]["capability"] is None
     # The second step's requests were edited last: sequential editing keeps at least them.
     assert metrics["results"]["teacher_forced"]["reliability"] >= 0.5
-    assert [len(m["size"] * [0]) for m in metrics["steps"]] == [2, 2]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [m["size"] for m in steps] == [2, 2] and metrics["steps"]["count"] == 2
     cases = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
     assert len(cases) == 8  # 4 requests x 2 protocols
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
@@ -217,7 +218,7 @@ def test_interrupted_run_resumes_to_the_same_result(setup, monkeypatch):
     assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
     monkeypatch.setattr(LocFTBFEditor, "edit", original_edit)
 
-    with pytest.raises(EditbenchError, match="cannot resume with different settings"):
+    with pytest.raises(EditbenchError, match="cannot resume: .*seed.* differ"):
         run(RunSpec(**{**common, "seed": 5}, output=str(out), resume=True))
     resumed = run(RunSpec(**common, output=str(out), resume=True)).load()[1]
     assert resumed["results"] == reference["results"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from editbench.api import EditbenchError, EditRequest, LocalityPrompt
-from editbench.evaluate import EvalSettings, Evaluator, cut_at_stop, exact_match, normalize_answer
+from editbench.evaluate import (
+    EvalSettings,
+    Evaluator,
+    PreEdit,
+    cut_at_stop,
+    exact_match,
+    normalize_answer,
+)
 from editbench.evaluate.generation import generate_answers, length_batches
 from editbench.evaluate.teacher_forced import argmax_at_targets, token_accuracy
 from editors._finetune import FinetuneConfig, FinetuneEditor
@@ -116,10 +123,51 @@ def test_edited_model_scores_reliability_and_loses_nothing_it_should_keep(tiny_l
 
 def test_missing_baseline_is_an_error(tiny_llama):
     ev = Evaluator(tiny_llama, EvalSettings(max_new_tokens=2))
-    with pytest.raises(EditbenchError, match="no pre-edit locality answers"):
+    with pytest.raises(EditbenchError, match=r"no pre-edit generation record for case\(s\) \['a', 'b'\]"):
+        ev.evaluate(_requests(), PreEdit([]))
+    with pytest.raises(EditbenchError, match="expected the PreEdit of Evaluator.baseline"):
         ev.evaluate(_requests(), {"generation": {}})
 
 
 def test_bad_settings():
     with pytest.raises(EditbenchError, match="unknown protocol 'wild'"):
         EvalSettings(protocols=("wild",))
+
+
+def test_locality_by_kind_empty_answers_and_distributions(tiny_llama):
+    reqs = [
+        EditRequest("a", "The capital of France is", "France", "Rome", None, (),
+                    (LocalityPrompt("The capital of Italy is", "Rome", "neighbourhood"),
+                     LocalityPrompt("nq question: who wrote hamlet?", "William Shakespeare", "distant"))),
+        EditRequest("b", "The largest planet is", "planet", "Mars", None, (),
+                    (LocalityPrompt("The chemical symbol for gold is", "Au", "distant"),)),
+    ]
+    ev = Evaluator(tiny_llama, EvalSettings(max_new_tokens=5))
+    pre = ev.baseline(reqs, targets=True)
+    got = ev.evaluate(reqs, pre)["generation"]
+    assert got["n"]["locality_neighbourhood"] == 1 and got["n"]["locality_distant"] == 2
+    assert got["locality_neighbourhood"] == got["locality_distant"] == 1.0
+    assert got["locality_argmax"] == 1.0 and got["locality_kl"] == 0.0
+    assert 0.0 <= got["locality_empty_pre"] <= 1.0
+    # After an edit that moves the distant prompts' outputs, the distribution view changes.
+    config = FinetuneConfig(modules=["block@0", "block@1"], lr=5e-2, batch_size=2, epochs=30)
+    FinetuneEditor(tiny_llama, config).edit(reqs)
+    after = ev.evaluate(reqs, pre)["generation"]
+    assert after["locality_kl"] > 0.0 and after["locality_argmax"] < 1.0
+
+
+def test_prompt_formats(tiny_llama):
+    from editbench.evaluate.prompts import format_request
+
+    r = _requests()[0]
+    qa = format_request(r, "qa")
+    assert qa.prompt == "Question: The capital of France is\nAnswer:"
+    assert qa.rephrase_prompts[0].startswith("Question: ") and qa.locality[0].prompt.startswith("Question: ")
+    assert qa.locality[0].answer == r.locality[0].answer and qa.subject == r.subject
+    with pytest.raises(EditbenchError, match="no chat template"):
+        format_request(r, "chat", tiny_llama.tokenizer)
+    # A prompt ending in a newline (a chat generation prompt) keeps it; the target follows it.
+    from editbench.tokens import encode_prompt_target
+
+    item = encode_prompt_target(tiny_llama.tokenizer, "Answer:\n", "Rome")
+    assert tiny_llama.tokenizer.decode(item.prompt_ids).endswith("\n")

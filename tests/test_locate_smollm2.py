@@ -121,7 +121,7 @@ def test_alphaedit_full_size_zsre(smollm2, smollm2_stats, corpus):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 3 target not shown on smollm2: after 500 requests MEMIT (key cache) "
+@pytest.mark.xfail(reason="the AlphaEdit-above-MEMIT claim is not shown on smollm2: after 500 requests MEMIT (key cache) "
                    "0.472 / 0.108 / 0.802, AlphaEdit 0.40 / 0.074 / 0.708; its null space at the edited "
                    "layers holds the locality prompts' keys as much as the edit keys "
                    "(benchmarks/nullspace_layers.py)", strict=False)

@@ -22,7 +22,7 @@ from editbench.files import atomic_write_json
 from editbench.progress import bar
 from editbench.resources import cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,7 @@ def cache_key(handle, suite: Suite, settings: CapabilitySettings) -> str:
     ident = {
         "version": CACHE_VERSION,
         "model": handle.identity,
+        "weights": handle.info.get("weights_fingerprint"),
         "dtype": handle.info.get("dtype", str(getattr(handle.model, "dtype", ""))),
         "suite": suite.content_hash,
         "data": _data_digest(suite, settings),

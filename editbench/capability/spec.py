@@ -24,7 +24,7 @@ from typing import Any, Literal
 from editbench.config import ConfigError, build_config, read_yaml
 from editbench.errors import EditbenchError, did_you_mean
 from editbench.files import read_jsonl
-from editbench.resources import resource_dir
+from editbench.resources import checkout_root, resource_dir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TASK_DIR = PACKAGE_DIR / "tasks"
@@ -204,11 +204,11 @@ def load_suite(name_or_path: str) -> Suite:
     return Suite(spec, tasks, files, path, digest.hexdigest()[:16])
 
 
-def shared_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+def shared_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """Folder that ``shared:`` paths are relative to (the ``../shared/data`` layout).
 
     Order: ``data_dir``, ``$EDITBENCH_CAPABILITY_DATA_DIR``, ``$EDITBENCH_DATA_DIR``, then
-    ``../shared/data`` beside the checkout.
+    ``../shared/data`` beside a source checkout; None for an installed wheel without them.
     """
     for origin, value in (
         ("--capability-data-dir", data_dir),
@@ -220,15 +220,16 @@ def shared_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
             if not path.is_dir():
                 raise EditbenchError(f"{origin} {str(path)!r} is not a directory")
             return path
-    return PACKAGE_DIR.parents[1] / "shared" / "data"
+    root = checkout_root()
+    return None if root is None else root.parent / "shared" / "data"
 
 
 def resolve_data(task: TaskSpec, task_file: Path, data_dir: str | os.PathLike[str] | None) -> Path:
     assert task.data is not None
     if task.data.startswith(SHARED_PREFIX):
         root = shared_data_dir(data_dir)
-        path = root / task.data.removeprefix(SHARED_PREFIX)
-        if not path.is_file():
+        path = (root or Path("<no data folder>")) / task.data.removeprefix(SHARED_PREFIX)
+        if root is None or not path.is_file():
             raise EditbenchError(
                 f"capability task {task.name!r}: {path} not found; pass --capability-data-dir DIR "
                 f"(or set {DATA_DIR_ENV}) to the folder holding {task.data.removeprefix(SHARED_PREFIX)}"

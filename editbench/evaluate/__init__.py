@@ -4,13 +4,15 @@ from editbench.evaluate.evaluator import (
     LOCALITY_DEFINITION,
     PROTOCOL_DEFINITIONS,
     PROTOCOLS,
-    Baseline,
     EvalSettings,
     Evaluator,
+    Resumed,
 )
-from editbench.evaluate.normalize import cut_at_stop, exact_match, normalize_answer
+from editbench.evaluate.normalize import answer_checks, cut_at_stop, exact_match, normalize_answer
+from editbench.evaluate.records import Accumulator, PreEdit
 
 __all__ = [
-    "LOCALITY_DEFINITION", "PROTOCOL_DEFINITIONS", "PROTOCOLS", "Baseline", "EvalSettings",
-    "Evaluator", "cut_at_stop", "exact_match", "normalize_answer",
+    "LOCALITY_DEFINITION", "PROTOCOL_DEFINITIONS", "PROTOCOLS", "Accumulator", "EvalSettings",
+    "Evaluator", "PreEdit", "Resumed", "answer_checks", "cut_at_stop", "exact_match",
+    "normalize_answer",
 ]

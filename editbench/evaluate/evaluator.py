@@ -1,38 +1,71 @@
 """Reliability, generalization and locality under the generation and teacher-forced protocols.
 
 Requests are evaluated in chunks, so memory stays bounded however many edits a run has;
-each case's outputs go to ``sink`` as soon as its chunk is done. The evaluator never
+each chunk's case records go to ``sink`` as soon as the chunk is done. The evaluator never
 knows which editor produced the model.
+
+Scores are batch-invariant by construction: prompts are always run in the same fixed
+blocks (the prompts of ``batch_size`` consecutive evaluated requests, batched by length
+within the block), before and after editing, at curve points and at the end, so the chunk
+size changes memory and resume granularity only. An unchanged model therefore reproduces its pre-edit outputs bit for bit, under any
+dtype, and scores locality exactly 1.0. A curve point that ends inside a block runs the
+whole block and scores only its edited requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from editbench.api import EditbenchError, EditRequest
-from editbench.evaluate.generation import generate_answers
-from editbench.evaluate.normalize import cut_at_stop, normalize_answer
-from editbench.evaluate.teacher_forced import argmax_at_targets, token_accuracy
+from editbench.api import LOCALITY_KINDS, EditRequest
+from editbench.errors import EditbenchError
+from editbench.evaluate.generation import generate, generate_answers
+from editbench.evaluate.normalize import (
+    answers_match,
+    cut_answer,
+    cut_at_stop,
+    gold_reachable,
+    has_stop,
+    normalize_answer,
+)
+from editbench.evaluate.prompts import PROMPT_FORMATS
+from editbench.evaluate.records import Accumulator, PreEdit
+from editbench.evaluate.teacher_forced import (
+    argmax_at_targets,
+    continuation_logprobs,
+    token_accuracy,
+)
 from editbench.progress import bar
+from editbench.tokens import ContextOverflowError
 
 PROTOCOLS = ("generation", "teacher_forced")
 LOCALITY_DEFINITION = (
     "share of locality prompts whose post-edit answer equals the pre-edit answer after "
-    "exact-match normalization (pre-edit answers computed once, before any edit); "
-    "locality_raw compares raw strings, locality_gold compares with the gold answer"
+    "exact-match normalization (pre-edit answers computed once, before any edit, in the same "
+    "fixed batches); locality_raw compares raw strings, locality_gold compares with the gold "
+    "answer (gold answers holding '.'/newline or normalizing to '' are left out); "
+    "locality_neighbourhood / locality_distant: locality over the prompts of that kind; "
+    "locality_empty_pre: share of prompts whose pre-edit answer is empty, locality_nonempty: "
+    "locality over the other prompts; locality_argmax / locality_kl (generation protocol): "
+    "teacher-forced over the first dist_tokens tokens of the pre-edit continuation, agreement "
+    "of the post-edit argmax with the pre-edit one, and KL(pre || post) over the pre-edit top "
+    "dist_top tokens and the rest of the vocabulary as one bucket"
 )
 PROTOCOL_DEFINITIONS = {
     "generation": (
-        "greedy decoding from the raw prompt (no chat template), stop at '.', newline or EOS, "
-        "normalized exact match (lowercase, no punctuation, no articles, collapsed spaces)"
+        "greedy decoding from the raw prompt (no chat template), stop at '.', newline or EOS "
+        "(not at '.' for targets that contain one; their answer is cut after the target), "
+        "normalized exact match (lowercase, no punctuation, no articles, collapsed spaces; "
+        "articles kept for targets that are only an article)"
     ),
     "teacher_forced": (
         "prompt + ' ' + target fed to the model, argmax at each target position, "
         "score = fraction of target tokens predicted (EasyEdit-compatible)"
     ),
 }
+TARGET_METRICS = ("reliability", "generalization")
+CASE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -41,50 +74,47 @@ class EvalSettings:
     max_new_tokens: int = 32
     batch_size: int = 32
     chunk_size: int = 512
+    prompt_format: str = "raw"  # applied to the requests by the runner; recorded here
+    dist_tokens: int = 5
+    dist_top: int = 10
 
     def __post_init__(self) -> None:
         for p in self.protocols:
             if p not in PROTOCOLS:
                 raise EditbenchError(f"unknown protocol {p!r}; expected one of {list(PROTOCOLS)}")
+        if not self.protocols:
+            raise EditbenchError("protocols: expected at least one protocol")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.chunk_size < 1:
             raise EditbenchError("max_new_tokens, batch_size and chunk_size must be positive")
+        if self.dist_tokens < 0 or self.dist_top < 1:
+            raise EditbenchError("dist_tokens must be >= 0 and dist_top >= 1")
+
+    @property
+    def block(self) -> int:
+        """Requests per locality block (see the module docstring)."""
+        return self.batch_size
+
+    @property
+    def chunk(self) -> int:
+        """Requests per chunk: a whole number of blocks."""
+        return self.block * max(1, self.chunk_size // self.block)
 
     def describe(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "definitions": {p: PROTOCOL_DEFINITIONS[p] for p in self.protocols},
+            "prompt_format_definition": PROMPT_FORMATS[self.prompt_format],
             "locality_definition": LOCALITY_DEFINITION,
+            "case_format": CASE_FORMAT,
         }
 
 
 @dataclass
-class _Mean:
-    total: float = 0.0
-    n: int = 0
+class Resumed:
+    """What an interrupted evaluation already wrote: its complete chunks, folded."""
 
-    def add(self, value: float) -> None:
-        self.total += value
-        self.n += 1
-
-    def value(self) -> float | None:
-        return self.total / self.n if self.n else None
-
-
-@dataclass
-class _Accumulator:
-    means: dict[str, _Mean] = field(default_factory=dict)
-
-    def add(self, key: str, values: Sequence[float]) -> None:
-        if values:  # a case contributes the mean over its prompts of that kind
-            self.means.setdefault(key, _Mean()).add(sum(values) / len(values))
-
-    def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: m.value() for k, m in self.means.items()}
-        out["n"] = {k: m.n for k, m in self.means.items()}
-        return out
-
-
-Baseline = dict[str, dict[str, list[Any]]]  # protocol -> case_id -> pre-edit locality outputs
+    chunks_done: int
+    accumulators: dict[str, Accumulator]
 
 
 class Evaluator:
@@ -92,121 +122,288 @@ class Evaluator:
         self.handle = handle
         self.settings = settings
 
-    def _chunks(self, requests: Sequence[EditRequest]):
-        size = self.settings.chunk_size
-        for start in range(0, len(requests), size):
-            yield requests[start : start + size]
+    # -- public entry points --------------------------------------------------------------
 
-    def baseline(self, requests: Sequence[EditRequest]) -> Baseline:
-        """Pre-edit outputs on the locality prompts (computed once per run)."""
-        out: Baseline = {p: {} for p in self.settings.protocols}
-        with bar("pre-edit locality", len(requests), "req") as pbar:
-            for chunk in self._chunks(requests):
-                prompts = [(r.case_id, loc) for r in chunk for loc in r.locality]
-                if "generation" in out:
-                    raw = self._generate([loc.prompt for _, loc in prompts])
-                    for (cid, _), text in zip(prompts, raw, strict=True):
-                        out["generation"].setdefault(cid, []).append(text)
-                if "teacher_forced" in out:
-                    preds = argmax_at_targets(
-                        self.handle,
-                        [(loc.prompt, loc.answer) for _, loc in prompts],
-                        self.settings.batch_size,
-                    )
-                    for (cid, _), (_, pred) in zip(prompts, preds, strict=True):
-                        out["teacher_forced"].setdefault(cid, []).append(pred)
-                pbar.update(len(chunk))
-        return out
-
-    def _generate(self, prompts: list[str]) -> list[str]:
-        if not prompts:
-            return []
-        return generate_answers(
-            self.handle, prompts, self.settings.max_new_tokens, self.settings.batch_size
-        )
+    def baseline(
+        self,
+        requests: Sequence[EditRequest],
+        *,
+        targets: bool = False,
+        sink: Callable[[dict[str, Any]], None] | None = None,
+        resume: Resumed | None = None,
+    ) -> PreEdit | None:
+        """Score the unedited model: locality outputs (and with ``targets`` also the edit
+        and paraphrase prompts). Records go to ``sink``, or are returned as a PreEdit."""
+        records: list[dict[str, Any]] = []
+        self._run(requests, None, len(requests), sink or records.append, "pre-edit", resume, targets)
+        return None if sink is not None else PreEdit(records)
 
     def evaluate(
         self,
         requests: Sequence[EditRequest],
-        baseline: Baseline,
+        baseline: PreEdit,
         sink: Callable[[dict[str, Any]], None] | None = None,
         desc: str = "evaluate",
+        *,
+        upto: int | None = None,
+        resume: Resumed | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Metrics per protocol (fractions in [0, 1]); per-case records go to ``sink``."""
-        acc = {p: _Accumulator() for p in self.settings.protocols}
-        with bar(desc, len(requests), "req") as pbar:
-            for chunk in self._chunks(requests):
-                for protocol in self.settings.protocols:
+        """Metrics per protocol (fractions in [0, 1]) over ``requests[:upto]``, compared with
+        ``baseline`` (which must cover ``requests`` in the same order)."""
+        if not isinstance(baseline, PreEdit):
+            raise EditbenchError(f"baseline: expected the PreEdit of Evaluator.baseline, got {type(baseline).__name__}")
+        upto = len(requests) if upto is None else upto
+        return self._run(requests, baseline, upto, sink, desc, resume, True)
+
+    def resumed(self, records: Iterator[dict[str, Any]], chunks_done: int) -> Resumed:
+        """Fold the records of ``chunks_done`` complete chunks back into accumulators."""
+        acc = {p: Accumulator() for p in self.settings.protocols}
+        for rec in records:
+            acc[rec["protocol"]].add_record(rec)
+        return Resumed(chunks_done, acc)
+
+    def chunk_records(self, requests: Sequence[EditRequest], upto: int | None = None) -> Callable[[int], int]:
+        """How many records chunk ``k`` of an evaluation of ``requests[:upto]`` writes."""
+        upto = len(requests) if upto is None else upto
+        size, per = self.settings.chunk, len(self.settings.protocols)
+        return lambda k: per * max(0, min(size, upto - k * size))
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _run(self, requests, pre: PreEdit | None, upto: int, sink, desc: str,
+             resume: Resumed | None, targets: bool) -> dict[str, dict[str, Any]]:
+        settings = self.settings
+        acc = resume.accumulators if resume else {p: Accumulator() for p in settings.protocols}
+        first = resume.chunks_done if resume else 0
+        reader = pre.reader() if pre is not None else None
+        size = settings.chunk
+        with bar(desc, upto, "req") as pbar:
+            pbar.update(min(upto, first * size))
+            for k in range(first, -(-upto // size)):
+                start, end = k * size, min(upto, (k + 1) * size)
+                chunk = requests[start:end]
+                # Whole locality blocks, also past `upto` (see the module docstring).
+                block_end = min(len(requests), start + -(-(end - start) // settings.block) * settings.block)
+                blocks = requests[start:block_end]
+                for protocol in settings.protocols:
+                    before = reader.take([r.case_id for r in blocks], protocol) if reader else None
                     score = self._generation if protocol == "generation" else self._teacher_forced
-                    for case in score(chunk, baseline.get(protocol, {})):
-                        for key in ("reliability", "generalization", "locality",
-                                    "locality_raw", "locality_gold"):
-                            acc[protocol].add(key, case.pop(f"_{key}", []))
+                    for case in score(chunk, blocks, before, targets):
+                        case["chunk"] = k
+                        acc[protocol].add_record(case)
                         if sink is not None:
                             sink(case)
                 pbar.update(len(chunk))
         return {p: a.result() for p, a in acc.items()}
 
-    def _generation(self, chunk: Sequence[EditRequest], pre: dict[str, list[str]]):
-        prompts: list[str] = []
-        for r in chunk:
-            prompts += [r.prompt, *r.rephrase_prompts, *(loc.prompt for loc in r.locality)]
-        raw = iter(self._generate(prompts))
-        for r in chunk:
-            rel_raw = next(raw)
-            gen_raw = [next(raw) for _ in r.rephrase_prompts]
-            loc_raw = [next(raw) for _ in r.locality]
-            pre_raw = pre.get(r.case_id)
-            if r.locality and (pre_raw is None or len(pre_raw) != len(r.locality)):
-                raise EditbenchError(f"case {r.case_id!r}: no pre-edit locality answers")
+    def _blocks(self, blocks: Sequence[EditRequest]) -> Iterator[Sequence[EditRequest]]:
+        step = self.settings.block
+        for i in range(0, len(blocks), step):
+            yield blocks[i : i + step]
 
-            def item(prompt: str, target: str, text: str) -> dict[str, Any]:
-                answer = cut_at_stop(text)
-                return {"prompt": prompt, "target": target, "output": text, "answer": answer,
-                        "match": normalize_answer(answer) == normalize_answer(target)}
+    def _generate(self, prompts: list[str], stops: list[bool] | None, owners: list[str]) -> list[str]:
+        if not prompts:
+            return []
+        s = self.settings
+        try:
+            return generate_answers(self.handle, prompts, s.max_new_tokens, s.batch_size, stops)
+        except ContextOverflowError as exc:
+            raise EditbenchError(f"case {owners[exc.index]!r}: {exc}") from None
 
-            rel = item(r.prompt, r.target_new, rel_raw)
-            gens = [item(p, r.target_new, t) for p, t in zip(r.rephrase_prompts, gen_raw, strict=True)]
+    # -- generation protocol --------------------------------------------------------------
+
+    def _generation(self, chunk, blocks, before: dict[str, dict] | None, targets: bool):
+        target_out: Iterator[str] = iter(())
+        if targets:
+            outs: list[str] = []
+            for block in self._blocks(chunk):  # batches never cross a block
+                prompts, stops, owners = [], [], []
+                for r in block:
+                    for p in (r.prompt, *r.rephrase_prompts):
+                        prompts.append(p)
+                        stops.append(not has_stop(r.target_new))
+                        owners.append(r.case_id)
+                outs += self._generate(prompts, stops, owners)
+            target_out = iter(outs)
+        loc_out = self._locality_generations(blocks, before)
+        for r in chunk:
+            record: dict[str, Any] = {"case_id": r.case_id, "protocol": "generation"}
+            scores: dict[str, list[float]] = {}
+            if targets:
+                rel = _answer_item(r.prompt, r.target_new, next(target_out))
+                gens = [_answer_item(p, r.target_new, next(target_out)) for p in r.rephrase_prompts]
+                record.update(reliability=rel, generalization=gens)
+                scores["reliability"] = [float(rel["match"])]
+                scores["generalization"] = [float(g["match"]) for g in gens]
+            prior = _prior_locality(r, before, "answers")
             locs = []
-            for loc, post, before in zip(r.locality, loc_raw, pre_raw or [], strict=True):
-                post_a, pre_a = cut_at_stop(post), cut_at_stop(before)
-                locs.append({
-                    "prompt": loc.prompt, "gold": loc.answer, "pre": pre_a, "post": post_a,
-                    "unchanged": normalize_answer(post_a) == normalize_answer(pre_a),
-                    "unchanged_raw": post == before,
-                    "gold_match": normalize_answer(post_a) == normalize_answer(loc.answer),
-                })
-            yield {
-                "case_id": r.case_id, "protocol": "generation",
-                "reliability": rel, "generalization": gens, "locality": locs,
-                "_reliability": [float(rel["match"])],
-                "_generalization": [float(g["match"]) for g in gens],
-                "_locality": [float(x["unchanged"]) for x in locs],
-                "_locality_raw": [float(x["unchanged_raw"]) for x in locs],
-                "_locality_gold": [float(x["gold_match"]) for x in locs],
-            }
+            for i, (loc, (text, dist)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
+                answer = cut_at_stop(text)
+                item: dict[str, Any] = {
+                    "prompt": loc.prompt, "kind": loc.kind, "gold": loc.answer, "output": text,
+                    "answer": answer,
+                    "gold_match": answers_match(answer, loc.answer) if gold_reachable(loc.answer) else None,
+                }
+                if prior is None:
+                    item["dist"] = dist
+                else:
+                    pre = prior[i]
+                    item["pre"], item["pre_output"] = pre["answer"], pre["output"]
+                    item["unchanged"] = normalize_answer(answer) == normalize_answer(pre["answer"])
+                    item["unchanged_raw"] = text == pre["output"]
+                    item.update(dist)
+                locs.append(item)
+            record["locality"] = locs
+            _locality_scores(scores, r, locs, prior)
+            record["scores"] = scores
+            yield record
 
-    def _teacher_forced(self, chunk: Sequence[EditRequest], pre: dict[str, list[list[int]]]):
-        pairs: list[tuple[str, str]] = []
+    def _locality_generations(self, blocks, before) -> dict[str, list[tuple[str, dict]]]:
+        """Per case: (generated text, distribution part) for each locality prompt, block by block.
+
+        Before editing the distribution part is the pre-edit continuation's first
+        ``dist_tokens`` tokens with their next-token top-``dist_top`` log-probabilities; after
+        editing it is the agreement of the argmax and the KL divergence at those positions.
+        """
+        s = self.settings
+        out: dict[str, list[tuple[str, dict]]] = {}
+        for block in self._blocks(blocks):
+            owners = [r.case_id for r in block for _ in r.locality]
+            prompts = [loc.prompt for r in block for loc in r.locality]
+            if not prompts:
+                continue
+            try:
+                gens = generate(self.handle, prompts, s.max_new_tokens, s.batch_size)
+            except ContextOverflowError as exc:
+                raise EditbenchError(f"case {owners[exc.index]!r}: {exc}") from None
+            if before is None:
+                conts = [ids[: s.dist_tokens] for _, ids in gens]
+            else:
+                conts = [loc["dist"]["ids"] for r in block for loc in before[r.case_id]["locality"]]
+            logps = continuation_logprobs(self.handle, list(zip(prompts, conts, strict=True)), s.batch_size) \
+                if s.dist_tokens else [None] * len(prompts)
+            pre_dists = None if before is None else \
+                [loc["dist"] for r in block for loc in before[r.case_id]["locality"]]
+            for k, (cid, (text, _)) in enumerate(zip(owners, gens, strict=True)):
+                if not s.dist_tokens:
+                    dist: dict[str, Any] = {}
+                elif pre_dists is None:
+                    dist = _distribution(conts[k], logps[k], s.dist_top)
+                else:
+                    dist = _compare_distributions(pre_dists[k], logps[k])
+                out.setdefault(cid, []).append((text, dist))
+        return out
+
+    # -- teacher-forced protocol ----------------------------------------------------------
+
+    def _argmax(self, pairs: list[tuple[str, str]], owners: list[str]):
+        try:
+            return argmax_at_targets(self.handle, pairs, self.settings.batch_size)
+        except ContextOverflowError as exc:
+            raise EditbenchError(f"case {owners[exc.index]!r}: {exc}") from None
+
+    def _teacher_forced(self, chunk, blocks, before: dict[str, dict] | None, targets: bool):
+        target_out: Iterator = iter(())
+        if targets:
+            scored: list = []
+            for block in self._blocks(chunk):  # batches never cross a block
+                pairs, owners = [], []
+                for r in block:
+                    for p in (r.prompt, *r.rephrase_prompts):
+                        pairs.append((p, r.target_new))
+                        owners.append(r.case_id)
+                scored += self._argmax(pairs, owners)
+            target_out = iter(scored)
+        loc_out: dict[str, list] = {}
+        for block in self._blocks(blocks):
+            pairs = [(r.case_id, (loc.prompt, loc.answer)) for r in block for loc in r.locality]
+            outs = self._argmax([p for _, p in pairs], [c for c, _ in pairs])
+            for (cid, _), pred in zip(pairs, outs, strict=True):
+                loc_out.setdefault(cid, []).append(pred)
         for r in chunk:
-            pairs += [(r.prompt, r.target_new), *((p, r.target_new) for p in r.rephrase_prompts)]
-            pairs += [(loc.prompt, loc.answer) for loc in r.locality]
-        scored = iter(argmax_at_targets(self.handle, pairs, self.settings.batch_size))
-        for r in chunk:
-            rel_t, rel_p = next(scored)
-            gens = [next(scored) for _ in r.rephrase_prompts]
-            locs = [next(scored) for _ in r.locality]
-            pre_preds = pre.get(r.case_id)
-            if r.locality and (pre_preds is None or len(pre_preds) != len(r.locality)):
-                raise EditbenchError(f"case {r.case_id!r}: no pre-edit locality predictions")
-            rel = token_accuracy(rel_t, rel_p)
-            gen = [token_accuracy(t, p) for t, p in gens]
-            unchanged = [token_accuracy(b, p) for (_, p), b in zip(locs, pre_preds or [], strict=True)]
-            gold = [token_accuracy(t, p) for t, p in locs]
-            yield {
-                "case_id": r.case_id, "protocol": "teacher_forced",
-                "reliability": rel, "generalization": gen,
-                "locality": unchanged, "locality_gold": gold,
-                "_reliability": [rel], "_generalization": gen,
-                "_locality": unchanged, "_locality_gold": gold,
-            }
+            record: dict[str, Any] = {"case_id": r.case_id, "protocol": "teacher_forced"}
+            scores: dict[str, list[float]] = {}
+            if targets:
+                rel = token_accuracy(*next(target_out))
+                gens = [token_accuracy(*next(target_out)) for _ in r.rephrase_prompts]
+                record.update(reliability=rel, generalization=gens)
+                scores["reliability"], scores["generalization"] = [rel], gens
+            prior = _prior_locality(r, before, "predictions")
+            locs = []
+            for i, (loc, (gold_ids, pred)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
+                item = {"prompt": loc.prompt, "kind": loc.kind, "gold": loc.answer, "pred": pred,
+                        "gold_accuracy": token_accuracy(gold_ids, pred)}
+                if prior is not None:
+                    item["unchanged"] = token_accuracy(prior[i]["pred"], pred)
+                locs.append(item)
+            record["locality"] = locs
+            if prior is not None:
+                scores["locality"] = [x["unchanged"] for x in locs]
+                for kind in LOCALITY_KINDS:
+                    scores[f"locality_{kind}"] = [x["unchanged"] for x in locs if x["kind"] == kind]
+            scores["locality_gold"] = [x["gold_accuracy"] for x in locs]
+            record["scores"] = {k: v for k, v in scores.items() if v}
+            yield record
+
+
+def _answer_item(prompt: str, target: str, text: str) -> dict[str, Any]:
+    answer = cut_answer(text, target)
+    return {"prompt": prompt, "target": target, "output": text, "answer": answer,
+            "match": answers_match(answer, target)}
+
+
+def _prior_locality(r: EditRequest, before: dict[str, dict] | None, what: str) -> list[dict] | None:
+    if before is None:
+        return None
+    prior = before[r.case_id]["locality"]
+    if len(prior) != len(r.locality):
+        raise EditbenchError(f"case {r.case_id!r}: the pre-edit record has {len(prior)} locality "
+                             f"{what}, the request {len(r.locality)}")
+    return prior
+
+
+def _locality_scores(scores: dict[str, list[float]], r: EditRequest, locs: list[dict],
+                     prior: list[dict] | None) -> None:
+    """Locality metrics of one generation-protocol case (see ``LOCALITY_DEFINITION``)."""
+    scores["locality_gold"] = [float(x["gold_match"]) for x in locs if x["gold_match"] is not None]
+    if prior is None:
+        scores["locality_empty"] = [float(normalize_answer(x["answer"]) == "") for x in locs]
+        return
+    scores["locality"] = [float(x["unchanged"]) for x in locs]
+    scores["locality_raw"] = [float(x["unchanged_raw"]) for x in locs]
+    for kind in LOCALITY_KINDS:
+        scores[f"locality_{kind}"] = [float(x["unchanged"]) for x in locs if x["kind"] == kind]
+    empty = [normalize_answer(x["pre"]) == "" for x in locs]
+    scores["locality_empty_pre"] = [float(e) for e in empty]
+    scores["locality_nonempty"] = [float(x["unchanged"]) for x, e in zip(locs, empty, strict=True) if not e]
+    if locs and "argmax_agreement" in locs[0]:
+        scores["locality_argmax"] = [x["argmax_agreement"] for x in locs]
+        scores["locality_kl"] = [x["kl"] for x in locs]
+    for key in [k for k, v in scores.items() if not v]:
+        del scores[key]
+
+
+def _distribution(ids: list[int], logp, top: int) -> dict[str, Any]:
+    """The pre-edit side: continuation ids, the argmax and the top log-probs per position."""
+    values, index = logp.topk(min(top, logp.shape[-1]), dim=-1)
+    return {"ids": list(ids), "argmax": logp.argmax(-1).tolist(), "top_ids": index.tolist(),
+            "top_logp": values.tolist()}
+
+
+def _compare_distributions(pre: dict[str, Any], logp) -> dict[str, Any]:
+    """Argmax agreement and KL(pre || post) per position, averaged over the positions.
+
+    KL is taken over the partition {pre-edit top tokens, everything else}, which needs only
+    the stored top log-probs; it is zero exactly when nothing changed and a lower bound of
+    the full-vocabulary KL otherwise.
+    """
+    import torch
+
+    agree = (logp.argmax(-1) == torch.tensor(pre["argmax"])).float()
+    p = torch.tensor(pre["top_logp"], dtype=torch.float64).exp()
+    q = logp.gather(-1, torch.tensor(pre["top_ids"])).double().exp()
+    kl = (p * (p.log() - q.log())).sum(-1)
+    p_rest = (1 - p.sum(-1)).clamp_min(0)
+    q_rest = (1 - q.sum(-1)).clamp_min(1e-12)
+    kl = kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-300).log() - q_rest.log()), 0.0)
+    return {"argmax_agreement": float(agree.mean()), "kl": float(kl.clamp_min(0).mean())}

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 import torch
 
 from editbench.evaluate.generation import length_batches
-from editbench.tokens import collate_targets, encode_prompt_target, target_logits
+from editbench.tokens import (
+    PromptTarget,
+    check_fits,
+    collate_targets,
+    encode_prompt,
+    encode_prompt_target,
+    target_logits,
+)
 
 
 @torch.no_grad()
@@ -22,6 +29,7 @@ def argmax_at_targets(
     """For each (prompt, target): (target token ids, argmax ids at those positions)."""
     tokenizer = handle.tokenizer
     items = [encode_prompt_target(tokenizer, p, t) for p, t in pairs]
+    check_fits(handle.model, [len(it.ids) for it in items])
     out: list[tuple[list[int], list[int]]] = [([], [])] * len(items)
     for batch in length_batches([len(it.ids) for it in items], batch_size):
         tb = collate_targets([items[i] for i in batch], tokenizer.pad_token_id).to(
@@ -36,3 +44,22 @@ def argmax_at_targets(
 
 def token_accuracy(target_ids: Sequence[int], predicted: Sequence[int]) -> float:
     return sum(int(a == b) for a, b in zip(target_ids, predicted, strict=True)) / len(target_ids)
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    handle, pairs: Sequence[tuple[str, Sequence[int]]], batch_size: int = 32
+) -> list[torch.Tensor]:
+    """For each (prompt, continuation ids): the next-token log-probabilities at the positions
+    that predict those ids, teacher-forced: ``[len(ids), vocab]`` float32 on the CPU."""
+    tokenizer = handle.tokenizer
+    items = [PromptTarget(encode_prompt(tokenizer, p), list(ids)) for p, ids in pairs]
+    check_fits(handle.model, [len(it.ids) for it in items])
+    out: list[torch.Tensor] = [torch.empty(0)] * len(items)
+    for batch in length_batches([len(it.ids) for it in items], batch_size):
+        tb = collate_targets([items[i] for i in batch], tokenizer.pad_token_id).to(handle.input_device)
+        logp = torch.log_softmax(target_logits(handle.model, tb).float(), -1).cpu()
+        sample = tb.sample_index.cpu()
+        for row, i in enumerate(batch):
+            out[i] = logp[sample == row]
+    return out

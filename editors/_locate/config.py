@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from editbench.api import EditorConfig
 
@@ -16,8 +16,9 @@ class LocateConfig(EditorConfig):
 
     ``stats_corpus``: ``self`` (text sampled from the model itself: the offline fallback),
     ``hf:<name>[:<config>[:<split>]]`` (a Hugging Face dataset's ``text`` column), or the
-    path of a local ``.jsonl`` (``{"text": ...}`` per line) / text file (relative paths
-    are resolved against the working directory).
+    path of a local ``.jsonl`` (``{"text": ...}`` per line) / text file: relative to the
+    data directory (``--data-dir`` / ``$EDITBENCH_DATA_DIR``), else to the working directory;
+    absolute paths only from the command line (``--set``).
     """
 
     layers: list[int] = field(default_factory=lambda: [5])
@@ -39,11 +40,17 @@ class LocateConfig(EditorConfig):
     # original papers' objective.
     target_suffix: Literal["eos", "period", "none"] = "eos"
     # Layer statistics.
-    stats_corpus: str = "self"
+    stats_corpus: str = field(default="self", metadata={"data_path": True})
     stats_tokens: int = 100_000
     stats_seq_len: int = 256
     stats_batch_size: int = 16
     stats_dtype: Literal["float32", "float64"] = "float32"
+
+    def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
+        """The edited layers: a window ending at ``layer``, as wide as configured (one layer
+        for ROME)."""
+        width = len(self.layers)
+        return {"layers": list(range(max(0, layer - width + 1), layer + 1))}
 
     def validate(self) -> None:
         super().validate()

@@ -31,6 +31,7 @@ import torch
 
 from editbench.errors import EditbenchError
 from editbench.files import atomic_write, read_jsonl, sha256_file
+from editbench.models import weights_fingerprint
 from editbench.progress import bar
 from editbench.resources import cache_dir
 from editbench.tokens import pad_batch
@@ -147,23 +148,6 @@ def _self_texts(handle, num_tokens: int, seq_len: int, seed: int) -> Iterator[st
             produced += length
             yield text
         batch += 1
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap hash of every parameter (name, shape, dtype and a strided sample of values).
-
-    Catches a different checkpoint behind the same identity string and a model that was
-    edited before its statistics were asked for.
-    """
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            step = max(1, flat.numel() // 4096)
-            sample = flat[::step].float().cpu().numpy().tobytes()
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-            h.update(sample)
-    return h.hexdigest()[:24]
 
 
 def tensor_sha256(t: torch.Tensor) -> str:

@@ -37,7 +37,6 @@ class Targets:
 
     delta: torch.Tensor  # [n, d]
     h_bare: torch.Tensor  # [n, d] output at the key token of the bare prompt (no delta)
-    h_mean: torch.Tensor  # [n, d] mean of that output over the context templates
     final_loss: list[float]
     steps: int
     subject_missing: int
@@ -106,7 +105,6 @@ def optimize_targets(
     return Targets(
         delta=torch.cat([p.delta for p in parts]),
         h_bare=torch.cat([p.h_bare for p in parts]),
-        h_mean=torch.cat([p.h_mean for p in parts]),
         final_loss=[x for p in parts for x in p.final_loss],
         steps=max(p.steps for p in parts),
         subject_missing=sum(p.subject_missing for p in parts),
@@ -163,7 +161,6 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
             if delta is None:
                 seen = hook.seen
                 h_bare = seen[: n * t].view(n, t, -1)[:, 0].clone()
-                h_mean = seen[: n * t].view(n, t, -1).mean(1).clone()
                 kl_init = kl_logp.detach()
                 delta = torch.zeros_like(h_bare, requires_grad=True)
                 hook.delta = delta
@@ -197,7 +194,6 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
     return Targets(
         delta=delta.detach(),
         h_bare=h_bare,
-        h_mean=h_mean,
         final_loss=[round(float(x), 5) for x in losses],
         steps=steps,
         subject_missing=missing,
@@ -212,10 +208,6 @@ def describe(targets: Targets) -> dict[str, Any]:
         "v_max_final_loss": max(losses),
         "subject_not_found": targets.subject_missing,
     }
-
-
-def bare_items(tokenizer, requests: Sequence[EditRequest], rule: str) -> list[Located]:
-    return [locate(tokenizer, r.prompt, r.subject, rule) for r in requests]
 
 
 def template_items(

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from editbench.errors import EditbenchError
-from editbench.evaluate.generation import decode_until_eos, greedy_new_tokens, length_batches
-from editbench.tokens import encode_prompt, pad_batch
+from editbench.evaluate.generation import _greedy_config, eos_ids, length_batches
+from editbench.tokens import check_fits, encode_prompt, pad_batch
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class _RowSampler:
     """A logits processor (duck-typed) that samples each row with its own generator.
 
     It returns scores that are -inf everywhere but at the sampled token, so greedy search
-    (``greedy_new_tokens``) takes exactly that token: generate keeps its KV cache, positions
+    (the protocol's greedy config) takes exactly that token: generate keeps its KV cache, positions
     and EOS handling, and the randomness is per row instead of the global RNG.
     """
 
@@ -100,6 +100,8 @@ def free_generate(handle, prompts: Sequence[str], config: FreeGenConfig,
     keys = [str(i) for i in range(len(prompts))] if keys is None else list(keys)
     tokenizer = handle.tokenizer
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    check_fits(handle.model, [len(e) for e in encoded], config.max_new_tokens)
+    eos = eos_ids(handle)
     outputs = [""] * len(prompts)
     for batch in length_batches([len(e) for e in encoded], config.batch_size):
         ids, mask = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, left=True)
@@ -107,10 +109,17 @@ def free_generate(handle, prompts: Sequence[str], config: FreeGenConfig,
         if config.sample:
             gens = [torch.Generator().manual_seed(row_seed(config.seed, keys[i])) for i in batch]
             processors.append(_RowSampler(gens, config.top_k, config.temperature))
-        new = greedy_new_tokens(handle, ids, mask, config.max_new_tokens, min_new_tokens=0,
-                                logits_processor=processors)
+        out = handle.model.generate(
+            input_ids=ids.to(handle.input_device), attention_mask=mask.to(handle.input_device),
+            generation_config=_greedy_config(handle, config.max_new_tokens, eos),
+            logits_processor=processors,
+        )
+        new = out[:, ids.shape[1]:].cpu()
         for row, i in enumerate(batch):
-            outputs[i] = decode_until_eos(tokenizer, new[row].tolist())
+            tokens = new[row].tolist()
+            ends = [k for k, t in enumerate(tokens) if t in eos]
+            outputs[i] = tokenizer.decode(tokens[: ends[0]] if ends else tokens,
+                                          skip_special_tokens=True)
     return outputs
 
 
