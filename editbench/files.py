@@ -7,6 +7,7 @@ the same permissions (0666 minus the umask), whichever helper wrote it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -96,3 +97,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
             yield from jsonl_records(fh, path)
         except UnicodeDecodeError as exc:
             raise EditbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, read in blocks (corpora and statistics caches are keyed by it)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editbench.api import EditbenchError, EditRequest, LocalityPrompt
+from editbench.api import EditbenchError, EditRequest, LocalityPrompt, PortabilityPrompt
 from editbench.files import jsonl_records
 
 logger = logging.getLogger(__name__)
@@ -203,8 +203,44 @@ def _flat_answers(rec: _Record, value: Any, field: str) -> list[str]:
     raise rec.fail(field, "a non-empty string or a list of non-empty strings", value)
 
 
+def _first_answer(rec: _Record, value: Any, field: str) -> str:
+    """KnowEdit's ``ground_truth``: a string, a list of answers, or a list of alias lists;
+    the first alias of the first answer is the answer (EasyEdit's reading)."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    if not isinstance(value, str) or not value.strip():
+        raise rec.fail(field, "a non-empty string, or a (nested) list starting with one", value)
+    return value
+
+
+def _knowedit_portability(rec: _Record) -> tuple[PortabilityPrompt, ...]:
+    """KnowEdit's ``portability: {Reasoning: [{prompt, ground_truth}], Subject_Aliasing:
+    [...], Logical_Generalization: [...]}``; the kind is the key in lower case."""
+    value = rec.data.get("portability")
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise rec.fail("portability", "an object of kind -> list of {prompt, ground_truth}", value)
+    out: list[PortabilityPrompt] = []
+    for key, items in value.items():
+        field = f"portability.{key}"
+        if not isinstance(items, list):
+            raise rec.fail(field, "a list of {prompt, ground_truth} objects", items)
+        for i, item in enumerate(items):
+            where = f"{field}[{i}]"
+            if not isinstance(item, Mapping):
+                raise rec.fail(where, "an object with 'prompt' and 'ground_truth'", item)
+            prompt = rec.string("prompt", container=item, field=f"{where}.prompt")
+            if "ground_truth" not in item:
+                raise rec.missing(f"{where}.ground_truth", "the answer to the prompt")
+            answer = _first_answer(rec, item["ground_truth"], f"{where}.ground_truth")
+            out.append(PortabilityPrompt(prompt, answer, str(key).lower()))
+    return tuple(out)
+
+
 def _parse_flat(rec: _Record, index: int, target: str) -> EditRequest:
-    """EasyEdit/LocFT flat records; rephrase and locality are optional, unknown extras ignored."""
+    """EasyEdit/LocFT flat records (KnowEdit's too); rephrase, locality and KnowEdit's
+    ``portability`` are optional, unknown extras ignored."""
     case_id = rec.case(default=str(index))
     prompt = rec.string("prompt")
     subject = rec.string("subject")
@@ -239,12 +275,14 @@ def _parse_flat(rec: _Record, index: int, target: str) -> EditRequest:
         target_true=truths[0] if truths else None,
         rephrase_prompts=tuple(rephrases),
         locality=tuple(locality),
+        portability=_knowedit_portability(rec),
     )
 
 
 def _parse_counterfact_rome(rec: _Record, index: int, target: str) -> EditRequest:
     """ROME's ``counterfact.json``: neighbourhood prompts share the true object, so it is
-    their locality answer; attribute and generation prompts are not edit requests."""
+    their locality answer; generation prompts (about the subject, for fluency and
+    consistency) are kept; attribute prompts are not edit requests."""
     case_id = rec.case(required=True, default=str(index))
     rw = rec.mapping("requested_rewrite")
     template = rec.string("prompt", container=rw, field="requested_rewrite.prompt")
@@ -261,6 +299,7 @@ def _parse_counterfact_rome(rec: _Record, index: int, target: str) -> EditReques
         raise rec.fail("requested_rewrite.prompt", f"a str.format template ({exc})", template) from None
     paraphrases = rec.strings("paraphrase_prompts", allow_str=False)
     neighbours = rec.strings("neighborhood_prompts", allow_str=False)
+    generation_prompts = rec.strings("generation_prompts", allow_str=False)
     return EditRequest(
         case_id=case_id,
         prompt=prompt,
@@ -269,6 +308,7 @@ def _parse_counterfact_rome(rec: _Record, index: int, target: str) -> EditReques
         target_true=target_true,
         rephrase_prompts=tuple(paraphrases),
         locality=tuple(LocalityPrompt(p, target_true) for p in neighbours),
+        generation_prompts=tuple(generation_prompts),
     )
 
 

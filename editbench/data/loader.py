@@ -10,6 +10,7 @@ from pathlib import Path
 
 from editbench.api import EditbenchError, EditRequest
 from editbench.data.formats import ParsedFile, read_file
+from editbench.data.references import attach_attribute_snippets
 from editbench.registry import DATASETS
 
 SAMPLES = ("first", "random")
@@ -74,10 +75,13 @@ def _looks_like_path(text: str) -> bool:
 
 
 def load_dataset(name_or_path: str, *, data_dir: str | None = None, num: int | None = None,
-                 sample: str = "first", seed: int = 0, target: str | None = None) -> LoadedDataset:
+                 sample: str = "first", seed: int = 0, target: str | None = None,
+                 attribute_snippets: str | bool | None = None) -> LoadedDataset:
     """Load a registered dataset (see :func:`dataset_names`) or a local file, then select.
 
     ``target`` picks zsRE's edit target: ``"alt"`` (default) or ``"answers0"``.
+    ``attribute_snippets`` (ROME CounterFact only): a path to ``attribute_snippets.json``, or
+    True for the released file, attached as the requests' reference texts.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise EditbenchError(f"dataset: expected a name or a file path, got {name_or_path!r}")
@@ -95,7 +99,11 @@ def load_dataset(name_or_path: str, *, data_dir: str | None = None, num: int | N
                 f"dataset {text!r}: its loader returned {type(loaded).__name__}, not LoadedDataset"
             )
     requests = select(loaded.requests, num=num, sample=sample, seed=seed, what=f"dataset {text!r}")
-    return dataclasses.replace(loaded, requests=requests)
+    loaded = dataclasses.replace(loaded, requests=requests)
+    if attribute_snippets:
+        path = None if attribute_snippets is True else attribute_snippets
+        loaded = attach_attribute_snippets(loaded, path, data_dir=data_dir)
+    return loaded
 
 
 def dataset_names() -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from editbench.errors import EditbenchError
-from editbench.files import atomic_write, read_jsonl
+from editbench.files import atomic_write, read_jsonl, sha256_file
 from editbench.models import weights_fingerprint
 from editbench.progress import bar
 from editbench.resources import cache_dir
@@ -49,14 +49,6 @@ def stats_cache_root() -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     return cache_dir("stats")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -91,7 +83,7 @@ def resolve_corpus(spec: str, seed: int = 0) -> Corpus:
             "or a .jsonl/.txt file"
         )
     path = path.resolve()
-    return Corpus("file", spec, f"file:{path.name}:sha256={_sha256_file(path)}", path=path)
+    return Corpus("file", spec, f"file:{path.name}:sha256={sha256_file(path)}", path=path)
 
 
 def _file_texts(path: Path) -> Iterator[str]:
