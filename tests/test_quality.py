@@ -37,7 +37,6 @@ from editbench.evaluate.quality import (
     text_entropy,
     word_tokens,
 )
-from editbench.evaluate.quality import portability as port
 from editbench.evaluate.quality.fluency import _sentence_words, sentences
 from editbench.evaluate.quality.semantic import SentenceEncoder, offline_model_available
 
@@ -281,19 +280,28 @@ def test_scorer_does_nothing_without_free_generation_metrics(tiny_llama) -> None
 # -- portability ----------------------------------------------------------------------
 
 
-def test_portability_items_and_lists() -> None:
-    r = _request(0, portability=(PortabilityPrompt("The continent of country 0 is", "Europe", "reasoning"),
-                                 PortabilityPrompt("Land 0's capital is", "Paris", "subject_aliasing")))
-    assert port.portability_prompts([r]) == ["The continent of country 0 is", "Land 0's capital is"]
-    assert port.portability_pairs([r])[1] == ("Land 0's capital is", "Paris")
-    items = [port.generation_item(r.portability[0], " Europe. It is"),
-             port.generation_item(r.portability[1], " Lyon\n")]
-    assert [i["match"] for i in items] == [True, False] and items[0]["answer"] == "Europe"
-    assert port.accumulator_lists(items) == {"_portability": [1.0, 0.0],
-                                             "_portability_reasoning": [1.0],
-                                             "_portability_subject_aliasing": [0.0]}
-    tf = port.teacher_forced_item(r.portability[0], [5, 6], [5, 7])
-    assert port.accumulator_lists([tf]) == {"_portability": [0.5], "_portability_reasoning": [0.5]}
+def test_portability_is_scored_like_reliability_under_both_protocols(tiny_llama) -> None:
+    from editbench.evaluate import EvalSettings, Evaluator
+    from editbench.evaluate.generation import generate_answers
+    from editbench.evaluate.normalize import answers_match, cut_answer
+    from editbench.evaluate.teacher_forced import argmax_at_targets, token_accuracy
+
+    ports = (PortabilityPrompt("The continent of country 0 is", "Europe", "reasoning"),
+             PortabilityPrompt("Land 0's capital is", "Paris", "subject_aliasing"))
+    r = _request(0, portability=ports)
+    scorer = QualityScorer(tiny_llama, QualitySettings(metrics=("portability",)), [r])
+    ev = Evaluator(tiny_llama, EvalSettings(protocols=("generation", "teacher_forced"),
+                                            max_new_tokens=4), quality=scorer)
+    got = ev.evaluate([r], ev.baseline([r]))
+    outs = generate_answers(tiny_llama, [p.prompt for p in ports], 4)
+    matches = [float(answers_match(cut_answer(o, p.answer), p.answer)) for o, p in zip(outs, ports, strict=True)]
+    assert got["generation"]["portability"] == sum(matches) / 2
+    assert got["generation"]["portability_reasoning"] == matches[0]
+    tf = [token_accuracy(t, q) for t, q in argmax_at_targets(tiny_llama, [(p.prompt, p.answer) for p in ports])]
+    assert got["teacher_forced"]["portability"] == pytest.approx(sum(tf) / 2)
+    # Off: nothing is scored.
+    plain = Evaluator(tiny_llama, EvalSettings(max_new_tokens=4))
+    assert "portability" not in plain.evaluate([r], plain.baseline([r]))["generation"]
 
 
 # -- semantic match (the real offline model) ------------------------------------------

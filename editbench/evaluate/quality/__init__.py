@@ -18,9 +18,9 @@ from editbench.evaluate.quality.fluency import (
     word_tokens,
 )
 from editbench.evaluate.quality.freegen import FreeGenConfig, free_generate, scored_text
-from editbench.evaluate.quality.portability import PORTABILITY_DEFINITION
 from editbench.evaluate.quality.scorer import (
     METRICS,
+    PORTABILITY_DEFINITION,
     QualityScorer,
     QualitySettings,
     parse_metrics,

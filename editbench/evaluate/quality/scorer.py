@@ -31,7 +31,6 @@ from editbench.evaluate.quality.consistency import (
 )
 from editbench.evaluate.quality.fluency import AGGREGATES, FLUENCY_DEFINITION, fluency
 from editbench.evaluate.quality.freegen import FreeGenConfig, free_generate, scored_text
-from editbench.evaluate.quality.portability import PORTABILITY_DEFINITION
 from editbench.evaluate.quality.semantic import (
     DEFAULT_THRESHOLD,
     OFFLINE_MODEL,
@@ -43,6 +42,14 @@ METRICS = ("fluency", "consistency", "semantic", "portability")
 FREE_GENERATION_METRICS = ("fluency", "consistency")
 PROMPT_SOURCES = ("auto", "data", "template")
 REFERENCE_SOURCES = ("data", "corpus")
+
+PORTABILITY_DEFINITION = (
+    "portability prompts (KnowEdit: one-hop reasoning, subject aliasing, logical "
+    "generalization) scored like reliability under each protocol (generation: the answer cut "
+    "and matched as for targets; teacher_forced: fraction of the answer's tokens predicted); "
+    "mean over a request's prompts, then over requests that have any; portability_<kind> "
+    "likewise per kind"
+)
 
 TEMPLATE_VERSION = "v1"
 TEMPLATE_DEFINITION = (
