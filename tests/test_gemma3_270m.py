@@ -109,9 +109,10 @@ def _snapshot(handle, editor_name: str, config):
 # adds post_feedforward_layernorm(MLP output) (tests/test_locate_residual.py): measured on
 # this request, target NLL 9.91 -> 10.02 (MEMIT) and -> 10.38 (AlphaEdit), the residual left
 # growing from 38 to 2481 over layers 1-3. Until the solve maps its residual through that
-# norm, the edit does not take.
-RESIDUAL_SOLVE = pytest.mark.xfail(strict=True, reason="MEMIT/AlphaEdit residual targets ignore "
-                                   "Gemma's post-MLP norm; the edit does not lower the target NLL")
+# norm, the edit does not take. ``slow``: 200 s each on 2 busy cores, for a known result.
+RESIDUAL_SOLVE = [pytest.mark.slow, pytest.mark.xfail(
+    strict=True, reason="MEMIT/AlphaEdit residual targets ignore Gemma's post-MLP norm; the "
+    "edit does not lower the target NLL")]
 
 
 @pytest.mark.parametrize("editor_name", [
