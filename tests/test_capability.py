@@ -401,7 +401,7 @@ def test_cli_run_reports_capability_pre_post_delta(smollm2, tmp_path, monkeypatc
     assert metrics["capability_pre_cached"] is False
     config = json.loads((tmp_path / "r1" / "config.json").read_text())
     assert config["capability"]["settings"] == {"limit": 4}
-    assert "capability (default): pre" in capsys.readouterr().out
+    assert "capability (default): before" in capsys.readouterr().out
     assert len(list((tmp_path / "cache").glob("default-*.json"))) == 1  # cached for the next run
 
 

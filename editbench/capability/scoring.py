@@ -31,6 +31,7 @@ from editbench.tokens import (
     PromptTarget,
     collate_targets,
     encode_prompt_target,
+    output_logits,
     pad_batch,
     target_logits,
 )
@@ -136,7 +137,7 @@ def _shared_prompt_logprobs(handle, group: Sequence[Sequence[PromptTarget]]) -> 
     option's first token; option position t predicts token t + 1.
     """
     model, pad = handle.model, handle.tokenizer.pad_token_id
-    base, head = model.base_model, model.get_output_embeddings()
+    base = model.base_model
     device = handle.input_device
     prompts = [g[0].prompt_ids for g in group]
     ids, mask = pad_batch(prompts, pad, left=True)
@@ -171,13 +172,13 @@ def _shared_prompt_logprobs(handle, group: Sequence[Sequence[PromptTarget]]) -> 
             cols.append(t - 1)
             labels.append(o[t])
     first_logp = torch.log_softmax(
-        head(last[index.to(last.device)].to(head.weight.device)).float(), dim=-1
+        output_logits(model, last[index.to(last.device)]).float(), dim=-1
     )
     sums = first_logp.gather(1, torch.tensor(firsts, device=first_logp.device)[:, None])[:, 0]
     if rows and hidden is not None:
         r_t = torch.tensor(rows, device=hidden.device)
-        picked = hidden[r_t, torch.tensor(cols, device=hidden.device)].to(head.weight.device)
-        logp = torch.log_softmax(head(picked).float(), dim=-1)
+        picked = hidden[r_t, torch.tensor(cols, device=hidden.device)]
+        logp = torch.log_softmax(output_logits(model, picked).float(), dim=-1)
         rest = logp.gather(1, torch.tensor(labels, device=logp.device)[:, None])[:, 0]
         sums = sums.index_add(0, r_t.to(sums.device), rest.to(sums.device))
     flat = sums.cpu().tolist()

@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from editbench.api import EditbenchError, EditRequest
-from editbench.tokens import collate_targets, encode_prompt_target, pad_batch, per_sample_mean
+from editbench.tokens import (
+    collate_targets,
+    encode_prompt_target,
+    output_logits,
+    pad_batch,
+    per_sample_mean,
+)
 from editors._locate.config import LocateConfig
 from editors._locate.keys import Located, _first_tensor, locate
 
@@ -132,7 +138,6 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
     device = handle.input_device
     ids, mask = ids.to(device), mask.to(device)
     module = model.get_submodule(insert_module)
-    head = model.get_output_embeddings()
     handle_ = module.register_forward_hook(hook)
     tgt_rows = batch.rows.to(device)
     tgt_cols = batch.cols.to(device)
@@ -151,12 +156,12 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
             hidden = model.base_model(
                 input_ids=ids, attention_mask=mask, use_cache=False
             ).last_hidden_state
-            logits = head(hidden[tgt_rows, tgt_cols].to(head.weight.device)).float()
+            logits = output_logits(model, hidden[tgt_rows, tgt_cols]).float()
             nll = nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="none")
             per_row = per_sample_mean(nll, batch.sample_index, n * t)
             nll_r = per_row.view(n, t).mean(1)
             kl_logp = torch.log_softmax(
-                head(hidden[kl_rows, kl_cols].to(head.weight.device)).float(), -1
+                output_logits(model, hidden[kl_rows, kl_cols]).float(), -1
             )
             if delta is None:
                 seen = hook.seen
