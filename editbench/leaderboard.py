@@ -68,10 +68,41 @@ def collect(dirs: Sequence[str | Path]) -> list[Run]:
     runs = []
     for d in expand(dirs):
         config, metrics = RunDir(d).load()
+        _check_run(Path(d), config, metrics)
         runs.append(Run(Path(d), config, metrics))
     if not runs:
         raise EditbenchError(f"no finished runs in {', '.join(map(str, dirs))}")
     return runs
+
+
+# What a run must hold to be tabled: config.json has either its comparability dict or
+# (runs from before it existed) the settings the key is rebuilt from.
+_OLD_KEY_FIELDS = {
+    "protocol": ("locality_definition", "evaluation"),
+    "dataset": ("name", "sha256", "target", "num_edits"),
+}
+
+
+def _check_run(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """One line naming the run, file and key when a run folder is not a finished run."""
+    results = metrics.get("results")
+    if not isinstance(results, dict):
+        raise EditbenchError(f"{path}: metrics.json: key 'results': expected an object of "
+                             f"protocol -> metrics, got {type(results).__name__}")
+    for protocol, values in results.items():
+        if values is not None and not isinstance(values, dict):
+            raise EditbenchError(f"{path}: metrics.json: key 'results.{protocol}': expected an "
+                                 f"object of metric -> number, got {type(values).__name__}")
+    if isinstance(config.get("comparability"), dict):
+        return
+    for section, keys in _OLD_KEY_FIELDS.items():
+        part = config.get(section)
+        missing = [k for k in keys if not isinstance(part, dict) or k not in part]
+        if missing:
+            raise EditbenchError(
+                f"{path}: config.json: no 'comparability' and key '{section}.{missing[0]}' is "
+                "missing: expected the config.json of an editbench run"
+            )
 
 
 def comparability_key(config: dict[str, Any], protocol: str) -> dict[str, Any]:

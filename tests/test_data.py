@@ -200,7 +200,7 @@ def test_zsre_records_map_to_requests(tmp_path: Path) -> None:
         target_new="River B0",
         target_true="River A0",
         rephrase_prompts=("What river runs through Subject 0?",),
-        locality=(LocalityPrompt("nq question: who wrote the song example", "Some Writer"),),
+        locality=(LocalityPrompt("nq question: who wrote the song example", "Some Writer", "distant"),),
     )
     assert second.case_id == "z-7"
 
@@ -330,6 +330,32 @@ def test_flat_malformed_record_names_file_record_case_and_field(
     expect_error(lambda: load_path(path), *fragments)
 
 
+def test_flat_locality_kind_per_prompt_or_for_all(tmp_path: Path) -> None:
+    two = {"locality_prompt": ["The capital of Peru is", "Water boils at"],
+           "locality_ground_truth": ["Lima", "100 degrees"]}
+    path = write_json(tmp_path / "kinds.json", [
+        flat_record(0, **two, locality_kind=["neighbourhood", "distant"]),
+        flat_record(1, **two, locality_kind="distant"),
+        flat_record(2, **two),
+    ])
+    first, second, third = load_path(path).requests
+    assert [loc.kind for loc in first.locality] == ["neighbourhood", "distant"]
+    assert [loc.kind for loc in second.locality] == ["distant", "distant"]
+    assert [loc.kind for loc in third.locality] == [None, None]
+    for bad, field in ((["distant"], "locality_kind"), (["near", "distant"], "locality_kind[0]")):
+        path = write_json(tmp_path / "bad_kinds.json", [flat_record(5, **two, locality_kind=bad)])
+        expect_error(lambda p=path: load_path(p), "bad_kinds.json", "record 0", f"field {field!r}",
+                     "neighbourhood")
+
+
+@needs_shared
+def test_counterfact_3k_locality_is_neighbourhood() -> None:
+    ds = load_dataset("counterfact-3k", data_dir=str(SHARED), num=5)
+    assert {loc.kind for r in ds.requests for loc in r.locality} == {"neighbourhood"}
+    ds = load_dataset("zsre-3k", data_dir=str(SHARED), num=5)
+    assert {loc.kind for r in ds.requests for loc in r.locality} == {"distant"}
+
+
 def test_flat_duplicate_case_ids_are_rejected(tmp_path: Path) -> None:
     path = write_json(tmp_path / "dup.json", [flat_record(5), flat_record(6), flat_record(5)])
     expect_error(lambda: load_path(path), "dup.json", "record 2", "case_id 5", "duplicate of record 0")
@@ -355,6 +381,7 @@ def test_rome_counterfact_record(tmp_path: Path) -> None:
     assert len(req.rephrase_prompts) == 2 and all("Ana Example" in p for p in req.rephrase_prompts)
     # Neighbourhood prompts share the true object: it is their locality answer.
     assert [loc.answer for loc in req.locality] == ["Portuguese"] * 3
+    assert {loc.kind for loc in req.locality} == {"neighbourhood"}
     assert req.locality[0].prompt == "The native language of Bruno Sample is"
 
 
@@ -637,7 +664,7 @@ def test_http_error_and_offline_mode(
 def test_embedded_dataset() -> None:
     ds = load_dataset(DEFAULT_DATASET)
     assert DEFAULT_DATASET == "embedded" and ds.name == "embedded"
-    assert ds.format == "flat" and len(ds.requests) >= 250
+    assert ds.format == "flat" and len(ds.requests) >= 50
     assert len({r.case_id for r in ds.requests}) == len(ds.requests)
     assert len({r.prompt for r in ds.requests}) == len(ds.requests)
     for r in ds.requests:
@@ -645,7 +672,13 @@ def test_embedded_dataset() -> None:
         assert r.target_true and r.target_new != r.target_true
         assert len(r.target_new.split()) <= 3 and len(r.target_true.split()) <= 3
         assert r.prompt == r.prompt.strip() and r.target_new == r.target_new.strip()
-        assert len(r.rephrase_prompts) == 1 and len(r.locality) == 1
+        assert r.rephrase_prompts and r.locality
+        assert {loc.kind for loc in r.locality} <= {"neighbourhood", "distant"}
+    # Neighbourhood prompts are never edited: editing every record leaves them neighbours.
+    edited = {r.prompt for r in ds.requests}
+    near = [loc for r in ds.requests for loc in r.locality if loc.kind == "neighbourhood"]
+    assert near and not edited & {loc.prompt for loc in near}
+    assert sum(loc.kind == "distant" for r in ds.requests for loc in r.locality) >= len(ds.requests)
     assert not (REPO / "datasets" / "__init__.py").exists()  # would shadow HF `datasets`
 
 

@@ -222,3 +222,26 @@ def test_older_runs_fall_back_to_a_key_from_their_settings(tmp_path, tiny_sweep)
     assert column_of(gen, a) != column_of(gen, new)
     with pytest.raises(EditbenchError, match="not a finished run"):
         tables([tmp_path])
+
+
+@pytest.mark.parametrize(
+    ("config", "metrics", "message"),
+    [
+        ({}, "{\"results\": ", "metrics.json is unreadable"),
+        ({}, "[1, 2]", "metrics.json is not an object"),
+        ({}, "{\"num_edits\": 3}", "key 'results': expected an object"),
+        ({}, "{\"results\": {\"generation\": 3}}", "key 'results.generation'"),
+        ({"editor": "ft_m"}, "{\"results\": {\"generation\": {\"reliability\": 1.0}}}",
+         "key 'protocol.locality_definition' is missing"),
+        ({"protocol": {"locality_definition": "x", "evaluation": "generation"}, "dataset": {}},
+         "{\"results\": {\"generation\": {\"reliability\": 1.0}}}", "key 'dataset.name' is missing"),
+    ],
+)
+def test_malformed_or_older_runs_fail_in_one_line(tmp_path, capsys, config, metrics, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.json").write_text(metrics)
+    assert main(["leaderboard", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(run) in err and message in err, err

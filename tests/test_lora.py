@@ -219,18 +219,21 @@ def test_bundled_hparams(editor, model):
 
 @pytest.mark.integration
 def test_lora_bf_smollm2_zsre(smollm2):
-    """LoRA-BF (bundled smollm2 hparams) on the first 100 zsRE-3k requests: reliability >= 0.8."""
+    """LoRA-BF (bundled smollm2 hparams) on the first 50 zsRE-3k requests: reliability >= 0.8."""
     from editbench.data import load_dataset
     from editbench.evaluate import EvalSettings, Evaluator
 
     path = shared_file("zsre", "zsre_3k.json")
-    requests = load_dataset(str(path), num=100).requests
+    requests = load_dataset(str(path), num=50).requests
     config, _ = load_hparams(LoraEditorConfig, "lora", "smollm2-135m")
     assert config.pipeline == "breadth_first"
     layers = config.layers if config.layers is not None else range(smollm2.num_layers)
     names = [f"{smollm2.module_name(k, i)}.weight" for i in layers for k in config.target_modules]
     # The session-scoped model is shared with other tests: put its weights back afterwards.
     restore = smollm2.snapshot(names)
+    # The adapters' initialisation and dropout draw from torch's global RNG (the runner
+    # seeds it; this test calls the editor directly): without a seed the result varies.
+    torch.manual_seed(0)
     editor = EDITORS.get("lora")(smollm2, config)
     try:
         editor.edit(requests)
@@ -243,5 +246,5 @@ def test_lora_bf_smollm2_zsre(smollm2):
         if not editor.merged:
             editor.tuner.unload()
         restore()
-    print("lora_bf smollm2 zsre_3k[:100]", result)
+    print("lora_bf smollm2 zsre_3k[:50]", result)
     assert result["reliability"] >= 0.8, result

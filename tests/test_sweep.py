@@ -190,8 +190,21 @@ def test_ray_executor_gives_the_same_metrics_as_local(project):
     for cell in grid.cells:
         a = json.loads((project / "local" / cell.name / "metrics.json").read_text())
         b = json.loads((project / "ray" / cell.name / "metrics.json").read_text())
-        assert a["results"] == b["results"], cell.name
+        # Ray sets OMP_NUM_THREADS to the task's num_cpus, so torch sums in another order:
+        # discrete metrics agree exactly, continuous ones (locality_kl) to float precision.
+        assert _flat(a["results"]) == pytest.approx(_flat(b["results"]), rel=1e-6, abs=1e-9), cell.name
         assert a["results"]["generation"]["n"]["reliability"] == 2
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    """Nested metrics as one {dotted.key: value} dict, for pytest.approx."""
+    out = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def test_a_grid_no_ray_node_can_run_fails_at_once():

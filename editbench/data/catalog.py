@@ -62,6 +62,7 @@ SOURCES: dict[str, DatasetSource] = {
             subdir="counterfact",
             records=3000,
             description="the LocFT-BF paper's 3K CounterFact sample (flat format)",
+            locality_kind="neighbourhood",  # CounterFact's neighbourhood prompts, true object
         ),
         DatasetSource(
             name="wikibigedit-3k",
@@ -80,7 +81,8 @@ def load_source(source: DatasetSource, *, data_dir: str | None = None,
                 target: str | None = None) -> LoadedDataset:
     """Resolve, verify (when a checksum is pinned) and parse a released file."""
     path = resolve(source, data_dir)
-    parsed = read_file(path, target=target, expected_sha256=source.sha256, source=source.name)
+    parsed = read_file(path, target=target, expected_sha256=source.sha256, source=source.name,
+                       locality_kind=source.locality_kind)
     if source.sha256 is None and parsed.num_records != source.records:
         logger.warning(
             "dataset %r: %s holds %d records, the release has %d; is it the right file?",

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editbench.api import EditbenchError, EditRequest, LocalityPrompt, PortabilityPrompt
+from editbench.api import (
+    LOCALITY_KINDS,
+    EditbenchError,
+    EditRequest,
+    LocalityPrompt,
+    PortabilityPrompt,
+)
 from editbench.files import jsonl_records
 
 logger = logging.getLogger(__name__)
@@ -183,8 +189,24 @@ def _parse_zsre(rec: _Record, index: int, target: str) -> EditRequest | None:
         target_new=target_new,
         target_true=target_true,
         rephrase_prompts=(rephrase,),
-        locality=(LocalityPrompt(loc, loc_ans),),
+        locality=(LocalityPrompt(loc, loc_ans, "distant"),),  # NQ questions: unrelated
     )
+
+
+def _flat_kinds(rec: _Record, count: int) -> list[str | None]:
+    """``locality_kind``: absent, one kind for every locality prompt, or one per prompt."""
+    value = rec.data.get("locality_kind")
+    expected = f"one of {list(LOCALITY_KINDS)}, or a list of {count} of them"
+    if value is None:
+        return [None] * count
+    kinds = [value] * count if isinstance(value, str) else value
+    if not isinstance(kinds, list) or len(kinds) != count:
+        raise rec.fail("locality_kind", expected, value)
+    for i, kind in enumerate(kinds):
+        if kind not in LOCALITY_KINDS:
+            raise rec.fail(f"locality_kind[{i}]" if isinstance(value, list) else "locality_kind",
+                           f"one of {list(LOCALITY_KINDS)}", kind)
+    return list(kinds)
 
 
 def _flat_answers(rec: _Record, value: Any, field: str) -> list[str]:
@@ -266,7 +288,8 @@ def _parse_flat(rec: _Record, index: int, target: str) -> EditRequest:
                 f"{len(loc_prompts)} answers (one per locality prompt)",
                 loc_value,
             )
-        locality = [LocalityPrompt(p, a) for p, a in zip(loc_prompts, answers, strict=True)]
+        kinds = _flat_kinds(rec, len(loc_prompts))
+        locality = [LocalityPrompt(p, a, k) for p, a, k in zip(loc_prompts, answers, kinds, strict=True)]
     return EditRequest(
         case_id=case_id,
         prompt=prompt,
@@ -307,7 +330,7 @@ def _parse_counterfact_rome(rec: _Record, index: int, target: str) -> EditReques
         target_new=target_new,
         target_true=target_true,
         rephrase_prompts=tuple(paraphrases),
-        locality=tuple(LocalityPrompt(p, target_true) for p in neighbours),
+        locality=tuple(LocalityPrompt(p, target_true, "neighbourhood") for p in neighbours),
         generation_prompts=tuple(generation_prompts),
     )
 
@@ -429,8 +452,11 @@ def parse_text(path: Path, text: str, *, target: str | None = None) -> ParsedFil
 
 
 def read_file(path: str | Path, *, target: str | None = None, expected_sha256: str | None = None,
-              source: str | None = None) -> ParsedFile:
-    """Read, hash (and check against ``expected_sha256``) and parse one file."""
+              source: str | None = None, locality_kind: str | None = None) -> ParsedFile:
+    """Read, hash (and check against ``expected_sha256``) and parse one file.
+
+    ``locality_kind``: what a named release's locality prompts are, for records that do not
+    say (the LocFT-BF CounterFact sample keeps only the neighbourhood prompts)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -449,4 +475,15 @@ def read_file(path: str | Path, *, target: str | None = None, expected_sha256: s
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise EditbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    return dataclasses.replace(parse_text(path, text, target=target), sha256=digest)
+    parsed = parse_text(path, text, target=target)
+    if locality_kind is not None:
+        parsed = dataclasses.replace(parsed, requests=[_default_kind(r, locality_kind) for r in parsed.requests])
+    return dataclasses.replace(parsed, sha256=digest)
+
+
+def _default_kind(request: EditRequest, kind: str) -> EditRequest:
+    if all(loc.kind is not None for loc in request.locality):
+        return request
+    locality = tuple(loc if loc.kind is not None else dataclasses.replace(loc, kind=kind)
+                     for loc in request.locality)
+    return dataclasses.replace(request, locality=locality)

@@ -46,6 +46,7 @@ class DatasetSource:
     subdir: str  # folder of the shared layout, e.g. "zsre" for DIR/zsre/zsre_3k.json
     records: int  # how many records the released file holds
     description: str
+    locality_kind: str | None = None  # what its locality prompts are, where records do not say
 
     def url_env(self) -> str:
         return URL_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", self.name).upper()
