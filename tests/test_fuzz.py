@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,8 +40,19 @@ good_strings = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, 
 records = st.dictionaries(st.sampled_from(RECORD_KEYS), json_values | good_strings, max_size=9)
 
 
+_ROOT: list[Path] = []  # this module's scratch folder (hypothesis cannot take tmp_path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _scratch_root():
+    """One folder for every example's files, removed afterwards (thousands of examples)."""
+    _ROOT.append(Path(tempfile.mkdtemp(prefix="editbench-fuzz-")))
+    yield
+    shutil.rmtree(_ROOT.pop(), ignore_errors=True)
+
+
 def _workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="editbench-fuzz-"))
+    return Path(tempfile.mkdtemp(dir=_ROOT[-1]))
 
 
 def _one_line(exc: EditbenchError, must_name: str) -> None:
