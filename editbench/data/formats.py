@@ -1,22 +1,33 @@
-"""Reading edit-request files: zsRE/MEND, flat EasyEdit/LocFT, ROME CounterFact, JSON lines.
+"""Reading edit-request files: zsRE/MEND, flat EasyEdit/LocFT, ROME CounterFact, WikiBigEdit,
+JSON lines.
 
 Every malformed record fails with one line naming the file, the record (index, or line for
 JSON lines, and the case id when there is one), the field and what was expected, because a
 benchmark that silently skips or mangles records reports numbers nobody can compare.
 
-One exception, logged with a count: zsRE records whose ``alt`` is an empty string (MEND's
+Two exceptions, logged with a count: zsRE records whose ``alt`` is an empty string (MEND's
 generator produced no alternative; the real train split has some) have no edit target under
-the ``alt`` convention and are dropped, as LocFT-BF's own loader does. They keep their
-index-based case ids, so the other records' ids do not move.
+the ``alt`` convention and are dropped, as LocFT-BF's own loader does; WikiBigEdit records
+whose question, answer or subject the release left empty (it writes missing cells as a bare
+``NaN``) are dropped too. They keep their index-based case ids, so the other records' ids
+do not move.
+
+Files are read as a stream (a JSON array one record at a time, JSON lines one line at a
+time) and hashed as they are read, so a 500K-record release never sits in memory as text
+and as a list of dicts at once: only the parsed requests are kept.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Callable, Mapping
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +43,17 @@ from editbench.files import jsonl_records
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("zsre", "flat", "counterfact_rome", "jsonl")
-"""Values of ``LoadedDataset.format``; ``jsonl`` is one record (of any schema) per line."""
+FORMATS = ("zsre", "flat", "counterfact_rome", "wikibigedit", "jsonl", "synthetic")
+"""Values of ``LoadedDataset.format``; ``jsonl`` is one record (of any schema) per line,
+``synthetic`` the generated requests of :mod:`editbench.data.synthetic` (no file)."""
 
-RECORD_SCHEMAS = ("zsre", "flat", "counterfact_rome")
+RECORD_SCHEMAS = ("zsre", "flat", "counterfact_rome", "wikibigedit")
 
 ZSRE_TARGETS = ("alt", "answers0")
 """zsRE edit targets: ``alt`` (EasyEdit, LocFT-BF) or ``answers0`` (ROME/MEMIT/AlphaEdit scripts)."""
 
-_DEFAULT_TARGET = {"zsre": "alt", "flat": "target_new", "counterfact_rome": "target_new"}
+_DEFAULT_TARGET = {"zsre": "alt", "flat": "target_new", "counterfact_rome": "target_new",
+                   "wikibigedit": "ans"}
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -75,10 +88,12 @@ def _type_name(value: Any) -> str:
 class _Record:
     """One record being parsed: knows how to say where it is when something is wrong."""
 
-    def __init__(self, path: Path, locator: str, data: Mapping[str, Any]) -> None:
+    def __init__(self, path: Path, locator: str, data: Mapping[str, Any],
+                 timestep: int | None = None) -> None:
         self.path = path
         self.locator = locator  # "record 3" or "line 4"
         self.data = data
+        self.timestep = timestep  # of the file's snapshot (WikiBigEdit), set on its requests
         self.case_id: str | None = None
 
     def where(self) -> str:
@@ -158,12 +173,12 @@ class _Record:
 # -- record schemas -------------------------------------------------------------------
 
 
-def _parse_zsre(rec: _Record, index: int, target: str) -> EditRequest | None:
+def _parse_zsre(rec: _Record, default_id: str, target: str) -> EditRequest | None:
     """MEND/zsRE: ``subject, src, rephrase, alt, answers[], loc, loc_ans`` (``pred, cond`` ignored).
 
     None: an empty ``alt`` under the ``alt`` target, a record with nothing to edit toward.
     """
-    case_id = rec.case(default=str(index))
+    case_id = rec.case(default=default_id)
     alt = rec.data.get("alt")
     if target == "alt" and isinstance(alt, str) and not alt.strip():
         return None
@@ -190,6 +205,7 @@ def _parse_zsre(rec: _Record, index: int, target: str) -> EditRequest | None:
         target_true=target_true,
         rephrase_prompts=(rephrase,),
         locality=(LocalityPrompt(loc, loc_ans, "distant"),),  # NQ questions: unrelated
+        timestep=rec.timestep,
     )
 
 
@@ -260,10 +276,10 @@ def _knowedit_portability(rec: _Record) -> tuple[PortabilityPrompt, ...]:
     return tuple(out)
 
 
-def _parse_flat(rec: _Record, index: int, target: str) -> EditRequest:
+def _parse_flat(rec: _Record, default_id: str, target: str) -> EditRequest:
     """EasyEdit/LocFT flat records (KnowEdit's too); rephrase, locality and KnowEdit's
     ``portability`` are optional, unknown extras ignored."""
-    case_id = rec.case(default=str(index))
+    case_id = rec.case(default=default_id)
     prompt = rec.string("prompt")
     subject = rec.string("subject")
     target_new = rec.string("target_new")
@@ -299,14 +315,15 @@ def _parse_flat(rec: _Record, index: int, target: str) -> EditRequest:
         rephrase_prompts=tuple(rephrases),
         locality=tuple(locality),
         portability=_knowedit_portability(rec),
+        timestep=rec.timestep,
     )
 
 
-def _parse_counterfact_rome(rec: _Record, index: int, target: str) -> EditRequest:
+def _parse_counterfact_rome(rec: _Record, default_id: str, target: str) -> EditRequest:
     """ROME's ``counterfact.json``: neighbourhood prompts share the true object, so it is
     their locality answer; generation prompts (about the subject, for fluency and
     consistency) are kept; attribute prompts are not edit requests."""
-    case_id = rec.case(required=True, default=str(index))
+    case_id = rec.case(required=True, default=default_id)
     rw = rec.mapping("requested_rewrite")
     template = rec.string("prompt", container=rw, field="requested_rewrite.prompt")
     subject = rec.string("subject", container=rw, field="requested_rewrite.subject")
@@ -332,14 +349,82 @@ def _parse_counterfact_rome(rec: _Record, index: int, target: str) -> EditReques
         rephrase_prompts=tuple(paraphrases),
         locality=tuple(LocalityPrompt(p, target_true, "neighbourhood") for p in neighbours),
         generation_prompts=tuple(generation_prompts),
+        timestep=rec.timestep,
     )
 
 
-_PARSERS: dict[str, Callable[[_Record, int, str], EditRequest | None]] = {
+def _absent(value: Any) -> bool:
+    """Null, NaN (pandas writes a missing cell as a bare ``NaN``) or a blank string."""
+    return (value is None or (isinstance(value, float) and math.isnan(value))
+            or (isinstance(value, str) and not value.strip()))
+
+
+def _optional_strings(rec: _Record, key: str) -> list[str]:
+    """A string or a list of strings that may be absent (null, NaN, blank): absent gives []."""
+    value = rec.data.get(key)
+    if _absent(value):
+        return []
+    if isinstance(value, list):
+        items = [item for item in value if not _absent(item)]
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise rec.fail(f"{key}[{i}]", "a string", item)
+        return items
+    if not isinstance(value, str):
+        raise rec.fail(key, "a string, a list of strings or null", value)
+    return [value]
+
+
+def _parse_wikibigedit(rec: _Record, default_id: str, target: str) -> EditRequest | None:
+    """WikiBigEdit: ``subject, update, ans, rephrase, personas, loc, loc_ans, mhop, mhop_ans``.
+
+    ``update`` -> ``ans`` is the edit; ``rephrase`` the paraphrase; ``loc`` -> ``loc_ans`` a
+    question about a similar fact that must not change (neighbourhood); the persona-styled
+    question and the multi-hop one are kept as portability prompts of kinds ``personas``
+    and ``mhop``, so generalization stays the paper's rephrase score. None: the release
+    left the question, the answer or the subject empty (null or NaN), nothing to edit.
+    """
+    case_id = rec.case(default=default_id)
+    if any(_absent(rec.data.get(key)) for key in ("update", "ans", "subject")):
+        return None
+    prompt = rec.string("update")
+    target_new = rec.string("ans")
+    subject = rec.string("subject")
+    rephrases = _optional_strings(rec, "rephrase")
+    locality: tuple[LocalityPrompt, ...] = ()
+    loc, loc_ans = _optional_strings(rec, "loc"), _optional_strings(rec, "loc_ans")
+    if loc and loc_ans:
+        locality = (LocalityPrompt(loc[0], loc_ans[0], "neighbourhood"),)
+    portability = [PortabilityPrompt(p, target_new, "personas") for p in _optional_strings(rec, "personas")]
+    mhop, mhop_ans = _optional_strings(rec, "mhop"), _optional_strings(rec, "mhop_ans")
+    if mhop and mhop_ans:
+        portability.append(PortabilityPrompt(mhop[0], mhop_ans[0], "mhop"))
+    return EditRequest(
+        case_id=case_id,
+        prompt=prompt,
+        subject=subject,
+        target_new=target_new,
+        rephrase_prompts=tuple(rephrases),
+        locality=locality,
+        portability=tuple(portability),
+        timestep=rec.timestep,
+    )
+
+
+_PARSERS: dict[str, Callable[[_Record, str, str], EditRequest | None]] = {
     "zsre": _parse_zsre,
     "flat": _parse_flat,
     "counterfact_rome": _parse_counterfact_rome,
+    "wikibigedit": _parse_wikibigedit,
 }
+
+_DROPPED = {
+    "zsre": "zsRE records with an empty 'alt' (nothing to edit toward under target 'alt'; "
+            "use target 'answers0' to keep them)",
+    "wikibigedit": "WikiBigEdit records whose 'update', 'ans' or 'subject' is null, NaN or "
+                   "empty (nothing to edit toward)",
+}
+"""Why a schema's parser returned None for a record, for the one warning that counts them."""
 
 
 def detect_schema(record: Any, where: str) -> str:
@@ -353,10 +438,12 @@ def detect_schema(record: Any, where: str) -> str:
         return "zsre"
     if "prompt" in keys and "target_new" in keys:
         return "flat"
+    if "update" in keys and "ans" in keys:
+        return "wikibigedit"
     raise EditbenchError(
         f"{where}: cannot tell the format from keys {sorted(keys)[:12]}: expected zsRE "
-        "('src', 'alt', 'answers'), flat ('prompt', 'subject', 'target_new') or ROME "
-        "CounterFact ('requested_rewrite')"
+        "('src', 'alt', 'answers'), flat ('prompt', 'subject', 'target_new'), ROME "
+        "CounterFact ('requested_rewrite') or WikiBigEdit ('update', 'ans')"
     )
 
 
@@ -364,7 +451,7 @@ def resolve_target(schema: str, target: str | None, path: Path) -> str:
     """The edit-target field; ``target`` only chooses between zsRE's two conventions."""
     if target is None:
         return _DEFAULT_TARGET[schema]
-    allowed = ZSRE_TARGETS if schema == "zsre" else ("target_new",)
+    allowed = ZSRE_TARGETS if schema == "zsre" else (_DEFAULT_TARGET[schema],)
     if target not in allowed:
         raise EditbenchError(
             f"{path}: target {target!r} does not apply to a {schema} file "
@@ -373,7 +460,17 @@ def resolve_target(schema: str, target: str | None, path: Path) -> str:
     return target
 
 
+
+
 # -- files ----------------------------------------------------------------------------
+
+READ_CHUNK = 1 << 20
+"""Bytes read at a time; a streamed file holds about this much text in memory."""
+MAX_RECORD_CHARS = 64 << 20
+"""A record that does not parse within this many characters is reported as invalid JSON."""
+
+_WS = re.compile(r"[ \t\n\r]*")
+_NUMBER_TAIL = re.compile(r"[0-9.eE+\-]*\Z")
 
 
 def _json_records(path: Path, text: str) -> list[Any]:
@@ -398,30 +495,159 @@ def _is_jsonl(path: Path, text: str) -> bool:
     return stripped.startswith("{") and len([ln for ln in stripped.split("\n") if ln.strip()]) > 1
 
 
-def parse_text(path: Path, text: str, *, target: str | None = None) -> ParsedFile:
-    """Parse a file's text (``sha256`` left empty); raises on the first bad record."""
-    if _is_jsonl(path, text):
-        fmt = "jsonl"
-        items = [(f"line {lineno}", rec) for lineno, rec in jsonl_records(text.split("\n"), path)]
+class _Text:
+    """UTF-8 text decoded chunk by chunk from a byte stream, hashing the bytes it reads.
+
+    ``buf`` holds the text not consumed yet (from ``pos``); ``line``/``col`` say where
+    ``buf[0]`` sits in the file, so errors name a line and column like ``json.loads``.
+    """
+
+    def __init__(self, path: Path, chunks: Iterator[bytes], digest: Any) -> None:
+        self.path, self.chunks, self.digest = path, chunks, digest
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf, self.pos, self.eof = "", 0, False
+        self.bytes_read = 0
+        self.line, self.col = 0, 0  # newlines before buf[0], characters since the last one
+
+    def more(self, at_least: int = 0) -> bool:
+        """Append the next chunk(s) (at least ``at_least`` bytes); False at the end of the file."""
+        if self.eof:
+            return False
+        self._drop_consumed()
+        got = 0
+        while not self.eof and (got == 0 or got < at_least):
+            data = next(self.chunks, b"")
+            self.digest.update(data)
+            start = self.bytes_read - len(self.decoder.buffer)
+            try:
+                self.buf += self.decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                raise EditbenchError(f"{self.path}: not UTF-8 text (byte {start + exc.start})") from None
+            self.bytes_read += len(data)
+            got += len(data)
+            self.eof = not data
+        return True
+
+    def drain(self) -> None:
+        """Hash the rest of the file unread (to tell a corrupt file from a wrong one)."""
+        for data in self.chunks:
+            self.digest.update(data)
+        self.eof = True
+
+    def _drop_consumed(self) -> None:
+        if not self.pos:
+            return
+        newlines = self.buf.count("\n", 0, self.pos)
+        if newlines:
+            self.line += newlines
+            self.col = self.pos - self.buf.rfind("\n", 0, self.pos) - 1
+        else:
+            self.col += self.pos
+        self.buf, self.pos = self.buf[self.pos:], 0
+
+    def where(self, index: int) -> str:
+        newlines = self.buf.count("\n", 0, index)
+        col = index - self.buf.rfind("\n", 0, index) if newlines else self.col + index + 1
+        return f"line {self.line + newlines + 1} column {col}"
+
+    def invalid(self, msg: str, index: int) -> EditbenchError:
+        return EditbenchError(f"{self.path}: invalid JSON at {self.where(index)}: {msg}")
+
+    def skip_ws(self) -> str:
+        """The next non-whitespace character (not consumed), or "" at the end of the file."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+
+def _iter_json_array(text: _Text) -> Iterator[Any]:
+    """The items of the top-level JSON array in ``text``, one at a time (``[`` not consumed yet).
+
+    Each item is decoded with ``JSONDecoder.raw_decode`` from the buffered text; an item cut
+    by the end of the buffer is retried with more text, so memory stays at about one chunk
+    plus the item being decoded.
+    """
+    decoder = json.JSONDecoder()  # like json.loads: NaN and Infinity are accepted
+    text.skip_ws()
+    text.pos += 1  # the "["
+    if text.skip_ws() == "]":
+        text.pos += 1
     else:
-        fmt = ""
-        items = [(f"record {i}", rec) for i, rec in enumerate(_json_records(path, text))]
-    if not items:
-        raise EditbenchError(f"{path}: no records")
-    schema = detect_schema(items[0][1], f"{path}: {items[0][0]}")
-    fmt = fmt or schema
-    target = resolve_target(schema, target, path)
-    parse = _PARSERS[schema]
+        while True:
+            if text.skip_ws() == "":
+                raise text.invalid("Expecting value", text.pos)
+            while True:
+                try:
+                    value, end = decoder.raw_decode(text.buf, text.pos)
+                except json.JSONDecodeError as exc:
+                    near_end = exc.pos >= len(text.buf) - 8 or exc.msg.startswith("Unterminated string")
+                    if text.eof or not near_end:
+                        raise text.invalid(exc.msg, exc.pos) from None
+                    if len(text.buf) - text.pos > MAX_RECORD_CHARS:
+                        raise text.invalid(f"{exc.msg} (or a record over {MAX_RECORD_CHARS >> 20} MiB)",
+                                           exc.pos) from None
+                else:
+                    # A number or literal followed only by what could continue it (up to
+                    # the end of the buffer) may go on in the next chunk: "12" of "12.5".
+                    if text.eof or text.buf[end - 1] in '}]"' or not _NUMBER_TAIL.match(text.buf, end):
+                        break
+                text.more(at_least=len(text.buf) - text.pos)  # doubling: linear in the record
+            text.pos = end
+            nxt = text.skip_ws()  # checked before the item goes out, as json.loads would
+            if nxt not in (",", "]"):
+                raise text.invalid("Expecting ',' delimiter", text.pos)
+            yield value
+            text.pos += 1
+            if nxt == "]":
+                break
+    if text.skip_ws() != "":
+        raise text.invalid("Extra data", text.pos)
+
+
+def _iter_lines(text: _Text) -> Iterator[str]:
+    """The lines of ``text`` split on "\\n" only (as ``jsonl_records`` needs them)."""
+    while True:
+        cut = text.buf.find("\n", text.pos)
+        while cut < 0 and text.more():
+            cut = text.buf.find("\n", text.pos)
+        if cut < 0:
+            if text.pos < len(text.buf):
+                yield text.buf[text.pos:]
+                text.pos = len(text.buf)
+            return
+        yield text.buf[text.pos:cut]
+        text.pos = cut + 1
+
+
+def _parse_items(path: Path, fmt: str, items: Iterable[tuple[str, Any]], *, target: str | None,
+                 timestep: int | None = None, case_prefix: str = "") -> ParsedFile:
+    """Parse ``(locator, record)`` pairs as they come; raises on the first bad record.
+
+    ``case_prefix`` goes before index-based case ids (records without ``case_id``), so the
+    files of one release keep distinct ids.
+    """
+    parse: Callable[[_Record, str, str], EditRequest | None] | None = None
+    schema = ""
     requests: list[EditRequest] = []
     dropped: list[str] = []
     first_seen: dict[str, str] = {}
+    count = 0
     for index, (locator, data) in enumerate(items):
+        count += 1
+        if parse is None:
+            schema = detect_schema(data, f"{path}: {locator}")
+            fmt = fmt or schema
+            target = resolve_target(schema, target, path)
+            parse = _PARSERS[schema]
         if not isinstance(data, Mapping):
             raise EditbenchError(
                 f"{path}: {locator}: expected a JSON object, got {_type_name(data)} {_short(data)}"
             )
-        rec = _Record(path, locator, data)
-        request = parse(rec, index, target)
+        rec = _Record(path, locator, data, timestep)
+        request = parse(rec, f"{case_prefix}{index}", target)
         if request is None:
             dropped.append(locator)
             continue
@@ -431,6 +657,8 @@ def parse_text(path: Path, text: str, *, target: str | None = None) -> ParsedFil
             )
         first_seen[request.case_id] = locator
         requests.append(request)
+    if parse is None or target is None:
+        raise EditbenchError(f"{path}: no records")
     missing_subject = sum(1 for r in requests if r.subject not in r.prompt)
     if missing_subject:
         # Locate-then-edit editors (ROME, MEMIT, AlphaEdit) find the subject's last token in
@@ -441,44 +669,101 @@ def parse_text(path: Path, text: str, *, target: str | None = None) -> ParsedFil
         )
     if dropped:
         shown = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
-        logger.warning(
-            "%s: dropped %d zsRE records with an empty 'alt' (nothing to edit toward under "
-            "target 'alt'; use target 'answers0' to keep them): %s",
-            path, len(dropped), shown,
-        )
+        logger.warning("%s: dropped %d %s: %s", path, len(dropped), _DROPPED[schema], shown)
     if not requests:
-        raise EditbenchError(f"{path}: no usable records (all {len(items)} were dropped)")
-    return ParsedFile(path, "", fmt, schema, target, requests, len(items), tuple(dropped))
+        raise EditbenchError(f"{path}: no usable records (all {count} were dropped)")
+    return ParsedFile(path, "", fmt, schema, target, requests, count, tuple(dropped))
+
+
+def parse_text(path: Path, text: str, *, target: str | None = None, timestep: int | None = None,
+               case_prefix: str = "") -> ParsedFile:
+    """Parse a file's whole text (``sha256`` left empty); raises on the first bad record."""
+    if _is_jsonl(path, text):
+        items: Iterable[tuple[str, Any]] = (
+            (f"line {lineno}", rec) for lineno, rec in jsonl_records(text.split("\n"), path))
+        return _parse_items(path, "jsonl", items, target=target, timestep=timestep,
+                            case_prefix=case_prefix)
+    records = _json_records(path, text)
+    return _parse_items(path, "", ((f"record {i}", rec) for i, rec in enumerate(records)),
+                        target=target, timestep=timestep, case_prefix=case_prefix)
+
+
+def _chunks(fh: Any) -> Iterator[bytes]:
+    while data := fh.read(READ_CHUNK):
+        yield data
+
+
+def _checksum_error(path: Path, digest: str, expected: str, source: str | None) -> EditbenchError:
+    what = f" for dataset {source!r}" if source else ""
+    return EditbenchError(
+        f"{path}: sha256 {digest} does not match the released file{what} "
+        f"(expected {expected}); replace it, or pass the path itself to load it unverified"
+    )
 
 
 def read_file(path: str | Path, *, target: str | None = None, expected_sha256: str | None = None,
-              source: str | None = None, locality_kind: str | None = None) -> ParsedFile:
-    """Read, hash (and check against ``expected_sha256``) and parse one file.
+              source: str | None = None, locality_kind: str | None = None,
+              timestep: int | None = None, case_prefix: str = "") -> ParsedFile:
+    """Read, hash (and check against ``expected_sha256``) and parse one file, streamed.
 
     ``locality_kind``: what a named release's locality prompts are, for records that do not
-    say (the LocFT-BF CounterFact sample keeps only the neighbourhood prompts)."""
+    say (the LocFT-BF CounterFact sample keeps only the neighbourhood prompts).
+    ``timestep``: set on every request (the file is one snapshot of a release);
+    ``case_prefix``: put before index-based case ids (see :func:`_parse_items`).
+
+    A JSON array, or JSON lines (by suffix, or a large file starting with an object),
+    is parsed as it is read; anything else (small, or not a dataset) is read whole, as the
+    error messages need. With a checksum, a file that fails to parse is reported as not
+    matching it when that is why.
+    """
     path = Path(path)
+    digest = hashlib.sha256()
     try:
-        data = path.read_bytes()
+        fh = path.open("rb")
     except IsADirectoryError:
         raise EditbenchError(f"{path}: is a directory, expected a dataset file") from None
     except OSError as exc:
         raise EditbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    digest = sha256_bytes(data)
-    if expected_sha256 is not None and digest != expected_sha256:
-        what = f" for dataset {source!r}" if source else ""
-        raise EditbenchError(
-            f"{path}: sha256 {digest} does not match the released file{what} "
-            f"(expected {expected_sha256}); replace it, or pass the path itself to load it unverified"
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise EditbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    parsed = parse_text(path, text, target=target)
+    options: dict[str, Any] = {"target": target, "timestep": timestep, "case_prefix": case_prefix}
+    with fh:
+        text: _Text | None = None
+        try:
+            first = fh.read(READ_CHUNK)
+            head = first.removeprefix(codecs.BOM_UTF8).lstrip()[:1]
+            suffix = path.suffix.lower()
+            jsonl = head == b"{" and (suffix in _JSONL_SUFFIXES
+                                      or (suffix != ".json" and len(first) == READ_CHUNK))
+            if head == b"[" or jsonl:
+                text = _Text(path, itertools.chain([first], _chunks(fh)), digest)
+                if jsonl:
+                    items: Iterable[tuple[str, Any]] = (
+                        (f"line {n}", rec) for n, rec in jsonl_records(_iter_lines(text), path))
+                else:
+                    items = ((f"record {i}", rec) for i, rec in enumerate(_iter_json_array(text)))
+                parsed = _parse_items(path, "jsonl" if jsonl else "", items, **options)
+            else:
+                # Small, or not a list of records: read whole, for json.loads' own messages.
+                data = first + fh.read()
+                digest.update(data)
+                try:
+                    whole = data.decode("utf-8-sig")
+                except UnicodeDecodeError as exc:
+                    raise EditbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+                parsed = parse_text(path, whole, **options)
+        except EditbenchError:
+            if expected_sha256 is not None:
+                if text is not None:
+                    text.drain()
+                if digest.hexdigest() != expected_sha256:
+                    raise _checksum_error(path, digest.hexdigest(), expected_sha256, source) from None
+            raise
+        except OSError as exc:
+            raise EditbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+        raise _checksum_error(path, digest.hexdigest(), expected_sha256, source)
     if locality_kind is not None:
         parsed = dataclasses.replace(parsed, requests=[_default_kind(r, locality_kind) for r in parsed.requests])
-    return dataclasses.replace(parsed, sha256=digest)
+    return dataclasses.replace(parsed, sha256=digest.hexdigest())
 
 
 def _default_kind(request: EditRequest, kind: str) -> EditRequest:

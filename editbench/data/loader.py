@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import random
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ class LoadedDataset:
     name: str  # registered name or the path given
     path: str  # file actually read
     sha256: str  # of that file
-    format: str  # "zsre" | "flat" | "counterfact_rome" | "jsonl"
-    target: str  # which field is the edit target ("alt" | "answers0" | "target_new")
+    format: str  # one of formats.FORMATS: "zsre" | "flat" | "counterfact_rome" | ...
+    target: str  # which field is the edit target ("alt" | "answers0" | "target_new" | "ans")
     requests: list[EditRequest]
+    synthetic: bool = False  # generated requests (scale tests): config.json says so
+    files: tuple[tuple[str, str], ...] = ()  # (path, sha256) of each file of a multi-file release
 
     @classmethod
     def from_parsed(cls, parsed: ParsedFile, *, name: str) -> LoadedDataset:
@@ -93,7 +96,9 @@ def load_dataset(name_or_path: str, *, data_dir: str | None = None, num: int | N
         raise EditbenchError(f"dataset file {text!r} not found")
     else:
         factory = DATASETS.get(text)  # unknown names fail with a "did you mean"
-        loaded = factory(data_dir=data_dir, target=target)
+        # A generated dataset takes the size it is asked for, rather than making more.
+        sized = {"num": num} if _takes_num(factory) else {}
+        loaded = factory(data_dir=data_dir, target=target, **sized)
         if not isinstance(loaded, LoadedDataset):
             raise EditbenchError(
                 f"dataset {text!r}: its loader returned {type(loaded).__name__}, not LoadedDataset"
@@ -104,6 +109,13 @@ def load_dataset(name_or_path: str, *, data_dir: str | None = None, num: int | N
         path = None if attribute_snippets is True else attribute_snippets
         loaded = attach_attribute_snippets(loaded, path, data_dir=data_dir)
     return loaded
+
+
+def _takes_num(factory: object) -> bool:
+    try:
+        return "num" in inspect.signature(factory).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def dataset_names() -> list[str]:

@@ -32,7 +32,7 @@ SNIPPETS_SOURCE = DatasetSource(
     url="https://rome.baulab.info/data/dsets/attribute_snippets.json",
     sha256=None,  # no copy was at hand to hash: see sources.resolve
     subdir="counterfact",
-    records=0,  # not known here; never checked for this file
+    records=None,  # not known here; never checked for this file
     description="ROME's Wikipedia attribute snippets, keyed by relation and target id",
 )
 

@@ -3,8 +3,12 @@
 Resolution order: ``data_dir`` (argument) and ``$EDITBENCH_DATA_DIR``, each either flat
 (``DIR/zsre_3k.json``) or in the shared layout (``DIR/zsre/zsre_3k.json``); then the user
 cache ``cache_dir("data")``; then a download into that cache. Downloads are atomic (a temp
-file in the cache folder, then ``os.replace``) and checked against a pinned SHA-256, so a
-cache never holds a partial or wrong file.
+file in the cache folder, then ``os.replace``), show a progress bar and are checked against
+a pinned SHA-256, so a cache never holds a partial or wrong file.
+
+A release published as several files (WikiBigEdit: one per timestep) is a
+:class:`DatasetGroup`: each file resolves on its own, the same way, and when any is missing
+offline, one error lists every missing file with its URL and where to put it.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from editbench.errors import EditbenchError
 from editbench.files import atomic_write
+from editbench.progress import bar
 from editbench.resources import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -32,7 +38,17 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 URL_OVERRIDES: dict[str, str] = {}
 """Dataset name -> URL used instead of the canonical one (mirrors, tests); the environment
-variable ``EDITBENCH_DATA_URL_<NAME>`` (name upper-cased, ``-`` -> ``_``) wins over it."""
+variable ``EDITBENCH_DATA_URL_<NAME>`` (name upper-cased, ``-`` -> ``_``) wins over it. For a
+:class:`DatasetGroup` the group's name maps to a base URL (a folder holding its files) and
+each file's own name to that file's URL."""
+
+
+def url_env(name: str) -> str:
+    return URL_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def _override(name: str) -> str | None:
+    return os.environ.get(url_env(name)) or URL_OVERRIDES.get(name)
 
 
 @dataclass(frozen=True)
@@ -44,15 +60,20 @@ class DatasetSource:
     url: str
     sha256: str | None  # None: never had a copy to hash; downloads log their hash instead
     subdir: str  # folder of the shared layout, e.g. "zsre" for DIR/zsre/zsre_3k.json
-    records: int  # how many records the released file holds
+    records: int | None  # how many records the released file holds (None: not published)
     description: str
     locality_kind: str | None = None  # what its locality prompts are, where records do not say
+    group: str | None = None  # the DatasetGroup this file is one part of
 
     def url_env(self) -> str:
-        return URL_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", self.name).upper()
+        return url_env(self.name)
 
     def download_url(self) -> str:
-        return os.environ.get(self.url_env()) or URL_OVERRIDES.get(self.name) or self.url
+        own = _override(self.name)
+        if own:
+            return own
+        base = _override(self.group) if self.group else None
+        return f"{base.rstrip('/')}/{self.filename}" if base else self.url
 
     def cache_path(self) -> Path:
         return cache_dir("data") / self.filename
@@ -95,9 +116,13 @@ def download(url: str, dest: Path, sha256: str | None, *, timeout: float = DOWNL
     def fetch(tmp: Path) -> None:
         try:
             with tmp.open("wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                while chunk := resp.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                with bar(f"downloading {dest.name}", total, unit="B") as progress:
+                    while chunk := resp.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        progress.update(len(chunk))
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if isinstance(exc, urllib.error.HTTPError):
                 reason: object = f"HTTP {exc.code} {exc.reason}"
@@ -149,3 +174,54 @@ def resolve(source: DatasetSource, data_dir: str | os.PathLike[str] | None = Non
             source.name, dest, got,
         )
     return dest
+
+
+@dataclass(frozen=True)
+class DatasetGroup:
+    """A release published as several files, loaded as one dataset in the order of ``parts``."""
+
+    name: str
+    parts: tuple[DatasetSource, ...]
+    records: int  # over all parts
+    description: str
+
+    def url_env(self) -> str:
+        return url_env(self.name)
+
+
+def resolve_group(group: DatasetGroup, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The local file of every part, downloading the missing ones into the cache.
+
+    Offline (or when a download fails) the error names every file still missing, its URL
+    and its place in the cache, in one line.
+    """
+    found = [find_local(part, data_dir) for part in group.parts]
+    missing = [part for part, path in zip(group.parts, found, strict=True) if path is None]
+    if not missing:
+        return [path for path in found if path is not None]
+
+    def hint(parts: Sequence[DatasetSource]) -> str:
+        searched = _search_dirs(data_dir)
+        subdir = parts[0].subdir
+        return (
+            f"dataset {group.name!r}: {len(parts)} of its {len(group.parts)} files not found"
+            + (f" in {', '.join(str(d) for d in searched)}" if searched else "")
+            + ": download " + ", ".join(f"{p.download_url()} to {p.cache_path()}" for p in parts)
+            + f"; or pass --data-dir DIR (a folder holding them, or {subdir}/ holding them)"
+        )
+
+    if offline():
+        raise EditbenchError(f"{hint(missing)}; {OFFLINE_ENV} is set, so nothing was downloaded")
+    for done, part in enumerate(missing):
+        url, dest = part.download_url(), part.cache_path()
+        logger.warning("downloading dataset %r, file %d of %d missing, from %s to %s",
+                       group.name, done + 1, len(missing), url, dest)
+        try:
+            got = download(url, dest, part.sha256)
+        except DownloadError as exc:
+            raise EditbenchError(f"{hint(missing[done:])} (download of {url} failed: {exc})") from None
+        if part.sha256 is None:
+            logger.warning("dataset %r: downloaded %s has sha256 %s (no checksum pinned, not verified)",
+                           group.name, dest, got)
+    return [path if path is not None else part.cache_path()
+            for part, path in zip(group.parts, found, strict=True)]
