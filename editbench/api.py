@@ -151,26 +151,29 @@ class BaseEditor(ABC):
             )
         self.handle = handle
         self.config = config
-        self._boundary_hook: Callable[[int], None] | None = None
+        self._boundary_hook: Callable[[int, bool], None] | None = None
 
-    def set_boundary_hook(self, hook: Callable[[int], None] | None) -> None:
-        """The runner's checkpoint hook (see :meth:`boundary`); None removes it."""
+    def set_boundary_hook(self, hook: Callable[[int, bool], None] | None) -> None:
+        """The runner's checkpoint hook, called as ``hook(passes, last)`` (see
+        :meth:`boundary`); None removes it."""
         self._boundary_hook = hook
 
-    def boundary(self, passes: int) -> None:
+    def boundary(self, passes: int, *, last: bool = False) -> None:
         """Tell the runner that ``passes`` more request-passes were trained since the last
-        call and that this is a safe point inside :meth:`edit` (e.g. an epoch's end).
+        call and that this is a safe point inside :meth:`edit` (e.g. an epoch's end);
+        ``last``: the step's training ends here (the runner counts the passes and
+        checkpoints at the step's end instead).
 
         Why: a breadth-first step over 100K requests is one step; checkpoints inside it are
-        what makes such a run survive a crash. At a boundary the runner may save the edited
-        tensors and :meth:`state_dict`, which must then hold the step's progress (epoch,
-        shuffled order, optimizer moments, RNG states) so that, after
+        what makes such a run survive a crash. At a boundary that is not ``last`` the runner
+        may save the edited tensors and :meth:`state_dict`, which must then hold the step's
+        progress (epoch, shuffled order, optimizer moments, RNG states) so that, after
         :meth:`load_state_dict`, calling :meth:`edit` with the same requests continues
         from this point instead of starting the step again. Editors that never call it are
         checkpointed between steps only.
         """
         if self._boundary_hook is not None:
-            self._boundary_hook(passes)
+            self._boundary_hook(passes, last)
 
     @abstractmethod
     def edit(self, requests: Sequence[EditRequest]) -> EditStats:

@@ -2,8 +2,9 @@
 
 ``EDITBENCH_FAULT=<point>:<n>`` makes the process SIGKILL itself the n-th time it reaches
 ``point(<point>)``: the kill tests use it to stop a run exactly inside a baseline chunk, an
-epoch, a checkpoint write, the final evaluation or the metrics write, then resume it and
-compare with an uninterrupted run. Points are named where they are placed.
+epoch (after a training batch), a checkpoint write, the final evaluation or the metrics
+write, then resume it and compare with an uninterrupted run. Points are named where they
+are placed.
 """
 
 from __future__ import annotations

@@ -635,13 +635,14 @@ class _Loop:
             if every and self.passes_since >= every:
                 self._checkpoint(done, in_step=False)
 
-    def _boundary(self, passes: int) -> None:
-        """The editor's safe point inside a step (e.g. an epoch's end)."""
+    def _boundary(self, passes: int, last: bool) -> None:
+        """The editor's safe point inside a step (e.g. an epoch's end); at the ``last`` one
+        the step's own end checkpoints instead (a checkpoint there would be saved twice)."""
         self._reported_in_step = True
         self.passes_since += passes
         faults.point("boundary")
         every = self.plan.spec.checkpoint_every
-        if every and self.passes_since >= every:
+        if not last and every and self.passes_since >= every:
             self._checkpoint(self._step_first, in_step=True)
 
     def _checkpoint(self, edits_done: int, in_step: bool) -> None:

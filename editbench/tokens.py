@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -112,31 +113,79 @@ def pad_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> ``[B, W]`` ids and attention mask, right- or left-padded.
 
-    The one padding helper: training and teacher forcing pad right (positions stay
-    natural), generation pads left (the next token follows every prompt).
+    Training and teacher forcing pad right (positions stay natural), generation pads left
+    (the next token follows every prompt). A front door to :func:`pad_flat`, the one
+    padding helper.
     """
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    width = int(lengths.max()) if len(seqs) else 0
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    flat = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long)
+    return pad_flat(flat, lengths, pad_id, left=left)
+
+
+def pad_flat(
+    flat: torch.Tensor, lengths: torch.Tensor, pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated sequences (``flat``, ``lengths``) -> ``[B, W]`` ids and attention mask."""
+    width = int(lengths.max()) if len(lengths) else 0
+    ids = torch.full((len(lengths), width), pad_id, dtype=flat.dtype)
     cols = torch.arange(width)[None, :]
     mask = cols >= (width - lengths)[:, None] if left else cols < lengths[:, None]
-    ids[mask] = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    ids[mask] = flat
     return ids, mask.long()
+
+
+def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``cat([arange(s, s + n) for s, n in zip(starts, lengths)])`` without a Python loop."""
+    first = torch.cumsum(lengths, 0) - lengths
+    return torch.arange(int(lengths.sum())) + torch.repeat_interleave(starts - first, lengths)
+
+
+@dataclass(frozen=True)
+class TargetTable:
+    """The prompt+target ids of many requests as flat tensors: a batch of any of them is
+    collated with tensor ops, not per-token Python loops (a breadth-first step re-batches
+    every request in every epoch)."""
+
+    ids: torch.Tensor  # [N] every sequence, concatenated
+    starts: torch.Tensor  # [R] where each sequence begins in ids
+    lengths: torch.Tensor  # [R]
+    prompt_lengths: torch.Tensor  # [R]
+    pad_id: int
+
+    @classmethod
+    def of(cls, items: Sequence[PromptTarget], pad_id: int) -> TargetTable:
+        lengths = torch.tensor([len(it.prompt_ids) + len(it.target_ids) for it in items],
+                               dtype=torch.long)
+        flat = torch.tensor(list(chain.from_iterable(it.ids for it in items)), dtype=torch.long)
+        starts = torch.cumsum(lengths, 0) - lengths
+        prompt = torch.tensor([len(it.prompt_ids) for it in items], dtype=torch.long)
+        return cls(flat, starts, lengths, prompt, pad_id)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """Where the tokens of requests ``index`` sit in :attr:`ids`, in batch order."""
+        return ranges(self.starts[index], self.lengths[index])
+
+    def collate(self, index: torch.Tensor) -> TargetBatch:
+        """Requests ``index`` right-padded to the longest of them (positions stay natural)."""
+        lengths = self.lengths[index]
+        input_ids, mask = pad_flat(self.ids[self.positions(index)], lengths, self.pad_id)
+        prompt_len = self.prompt_lengths[index]
+        target_len = lengths - prompt_len
+        rows = torch.repeat_interleave(torch.arange(len(index)), target_len)
+        # j-th target token of sample i sits at prompt_len[i] + j; the logits one position
+        # earlier predict it.
+        first = torch.cumsum(target_len, 0) - target_len
+        cols = prompt_len[rows] + torch.arange(len(rows)) - first[rows] - 1
+        labels = input_ids[rows, cols + 1]
+        return TargetBatch(input_ids, mask, rows, cols, labels, rows.clone())
 
 
 def collate_targets(items: Sequence[PromptTarget], pad_id: int) -> TargetBatch:
     """Pad to the longest sequence in this batch (right padding, so positions are natural)."""
-    input_ids, mask = pad_batch([it.ids for it in items], pad_id)
-    prompt_len = torch.tensor([len(it.prompt_ids) for it in items], dtype=torch.long)
-    target_len = torch.tensor([len(it.target_ids) for it in items], dtype=torch.long)
-    rows = torch.repeat_interleave(torch.arange(len(items)), target_len)
-    # j-th target token of sample i sits at prompt_len[i] + j; the logits one position
-    # earlier predict it.
-    first = torch.cumsum(target_len, 0) - target_len
-    offset = torch.arange(len(rows)) - first[rows]
-    cols = prompt_len[rows] + offset - 1
-    labels = torch.tensor([t for it in items for t in it.target_ids], dtype=torch.long)
-    return TargetBatch(input_ids, mask, rows, cols, labels, rows.clone())
+    return TargetTable.of(items, pad_id).collate(torch.arange(len(items)))
 
 
 def target_logits(model, batch: TargetBatch) -> torch.Tensor:
@@ -144,10 +193,12 @@ def target_logits(model, batch: TargetBatch) -> torch.Tensor:
 
     Running the LM head over every position of every sequence dominates a small model's
     step (49K-vocabulary SmolLM2, 262K Gemma 3), so the base model's hidden states are
-    gathered first.
+    gathered first. No KV cache: one forward reads none, and keeping every layer's keys and
+    values alive costs memory (and would make the lower layers' outputs matter to the upper
+    ones beyond their hidden states, which the trainer's prefix cache relies on not to).
     """
     hidden = model.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
     ).last_hidden_state
     rows = batch.rows.to(hidden.device)
     cols = batch.cols.to(hidden.device)

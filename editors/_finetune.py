@@ -12,30 +12,47 @@ FT-M, LocFT-BF (and the LoRA editors) are configurations of this one code path:
 
 Loss: cross-entropy on the target tokens only (target with a leading space and EOS),
 averaged per sample, then over the batch.
+
+Frozen-prefix cache (``prefix_cache``): every layer below the first trained one is frozen,
+so its output for a request never changes during a step. The hidden states at the input of
+the first trained layer are computed once per step and every optimizer step runs the
+model's own forward from there (the lower layers are skipped, the cached states injected),
+so losses and weights equal the uncached path's (up to float rounding of other batch
+shapes). ``prefix_cache_max_mb`` bounds it; on a GPU it stays on the device when it fits.
+
+Breadth-first steps call :meth:`~editbench.api.BaseEditor.boundary` at every epoch's end;
+the runner may checkpoint there, and :meth:`FinetuneEditor.state_dict` then holds what
+resuming inside the step needs (optimizer moments, the shuffled order, the epoch, the
+epoch losses so far and the shuffling RNG).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from editbench import faults
 from editbench.api import BaseEditor, EditbenchError, EditorConfig, EditRequest, EditStats
 from editbench.progress import bar
 from editbench.tokens import (
     PromptTarget,
+    TargetTable,
     check_fits,
-    collate_targets,
     encode_prompt_target,
     per_sample_mean,
     target_logits,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +71,9 @@ class FinetuneConfig(EditorConfig):
     epoch_stop_threshold: float = 1e-2
     append_eos: bool = True
     bf16_autocast: bool = True
+    # Hidden states at the first trained layer's input, computed once per step.
+    prefix_cache: bool = True
+    prefix_cache_max_mb: float = 8192.0
 
     def validate(self) -> None:
         super().validate()
@@ -65,6 +85,10 @@ class FinetuneConfig(EditorConfig):
         # longer fits a float32 and the optimizer itself fails.
         if not 0 < self.lr <= 1e6:
             raise ValueError(f"lr: expected a positive number of at most 1e6, got {self.lr}")
+        if not 0 < self.prefix_cache_max_mb < math.inf:
+            raise ValueError(
+                f"prefix_cache_max_mb: expected a positive number, got {self.prefix_cache_max_mb}"
+            )
 
     tune_lr_key = "lr"
 
@@ -79,15 +103,188 @@ class FinetuneConfig(EditorConfig):
 
 def target_loss(model: nn.Module, items: Sequence[PromptTarget], pad_id: int, device) -> torch.Tensor:
     """Mean over samples of the mean target-token NLL (prompt and padding masked)."""
-    batch = collate_targets(items, pad_id).to(device)
-    logits = target_logits(model, batch).float()
+    return batch_loss(model, TargetTable.of(items, pad_id), torch.arange(len(items)), device)
+
+
+def batch_loss(model: nn.Module, table: TargetTable, index: torch.Tensor, device,
+               cache: PrefixCache | None = None) -> torch.Tensor:
+    """:func:`target_loss` of requests ``index`` of ``table``, from ``cache`` when given."""
+    batch = table.collate(index)
+    inject = nullcontext() if cache is None else cache.injected(index, batch.attention_mask)
+    batch = batch.to(device)
+    with inject:
+        logits = target_logits(model, batch).float()
     nll = nn.functional.cross_entropy(logits, batch.labels.to(logits.device), reduction="none")
-    return per_sample_mean(nll, batch.sample_index, len(items)).mean()
+    return per_sample_mean(nll, batch.sample_index, len(index)).mean()
 
 
 def chunks(seq: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
+
+
+# -- the frozen-prefix cache ---------------------------------------------------------------
+
+
+class _PrefixReached(Exception):
+    """Ends a forward at the first trained layer's input: the rest is not needed."""
+
+
+def first_trained_layer(model: nn.Module, layers_name: str, trainable: Sequence[nn.Parameter]) -> int | str:
+    """The index of the first layer holding a trained tensor when everything the forward
+    computes before it is frozen and deterministic; else why there is no prefix to cache."""
+    layers = model.get_submodule(layers_name)
+    ids = {id(p) for p in trainable}
+    first = next((i for i, layer in enumerate(layers) if any(id(p) in ids for p in layer.parameters())), None)
+    if first is None:
+        return "a trained tensor lies outside the decoder layers"
+    if first == 0:
+        return "the first layer is trained"
+    upper = tuple(f"{layers_name}.{i}." for i in range(first, len(layers)))
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in ids and not name.startswith(upper):
+            return f"trained tensor {name} is used below layer {first}"
+    for name, module in model.named_modules():
+        if module.training and not f"{name}.".startswith(upper):
+            return f"module {name or 'model'} is in training mode (dropout below layer {first})"
+    return first
+
+
+def _passthrough(*args: Any, **kwargs: Any) -> Any:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class PrefixCache:
+    """The hidden states at the input of layer ``first`` of every request of one step
+    (real positions only, flat ``[tokens, hidden]`` in :class:`TargetTable` order).
+
+    Why: the layers below are frozen, so these states never change during a step; each
+    optimizer step then runs the model's own forward (masks, rotary embeddings, Gemma's
+    per-layer attention types all as the model computes them) with the lower layers
+    replaced by pass-throughs and the cached states handed to layer ``first``.
+    """
+
+    def __init__(self, layers: nn.ModuleList, first: int, table: TargetTable, flat: torch.Tensor,
+                 device: torch.device) -> None:
+        self.layers, self.first, self.table, self.flat, self.device = layers, first, table, flat, device
+
+    @property
+    def megabytes(self) -> float:
+        return self.flat.numel() * self.flat.element_size() / 2**20
+
+    @classmethod
+    def build(cls, model: nn.Module, layers_name: str, first: int, table: TargetTable, chunk: int,
+              input_device, max_mb: float) -> PrefixCache | str:
+        """Run the lower layers once over ``table`` in chunks of ``chunk`` requests; returns
+        the cache, or why the model cannot use one (the caller trains uncached)."""
+        total = int(table.lengths.sum())
+        if not total:
+            return "no requests"
+        layers = model.get_submodule(layers_name)
+        target, below = layers[first], layers[first - 1]
+        seen: dict[str, Any] = {}
+
+        def before(module, args, kwargs):
+            seen["input"] = args[0] if args else kwargs.get("hidden_states")
+            raise _PrefixReached
+
+        def after(module, args, output):
+            seen["output"] = output
+
+        hooks = [target.register_forward_pre_hook(before, with_kwargs=True),
+                 below.register_forward_hook(after)]
+        flat: torch.Tensor | None = None
+        hidden: Any = None
+        try:
+            with torch.no_grad():
+                for start in range(0, len(table), chunk):
+                    index = torch.arange(start, min(start + chunk, len(table)))
+                    batch = table.collate(index).to(input_device)
+                    seen.clear()
+                    with suppress(_PrefixReached):
+                        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         use_cache=False)
+                    hidden = seen.get("input")
+                    # Pass-throughs are exact only where the forward hands each layer's
+                    # output to the next layer as it is.
+                    if (not isinstance(hidden, torch.Tensor) or hidden is not seen.get("output")
+                            or tuple(hidden.shape[:2]) != tuple(batch.input_ids.shape)):
+                        return (f"the forward of {type(model).__name__} does not pass layer "
+                                f"{first - 1}'s output to layer {first} as is")
+                    if flat is None:
+                        mb = total * hidden.shape[-1] * hidden.element_size() / 2**20
+                        if mb > max_mb:
+                            return (f"it would take {mb:.0f} MB, over prefix_cache_max_mb="
+                                    f"{max_mb:g} (raise it to use the cache)")
+                        flat = torch.empty(total, hidden.shape[-1], dtype=hidden.dtype,
+                                           device=_cache_device(hidden.device, mb))
+                    begin = int(table.starts[index[0]])
+                    rows = hidden[batch.attention_mask.bool().to(hidden.device)]
+                    flat[begin : begin + len(rows)] = rows.to(flat.device)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return cls(layers, first, table, flat, hidden.device)
+
+    def hidden(self, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, W, hidden]`` states of requests ``index`` padded like ``mask`` (zeros at
+        padding, which right padding and the attention mask keep away from real tokens)."""
+        out = torch.zeros(*mask.shape, self.flat.shape[-1], dtype=self.flat.dtype, device=self.flat.device)
+        out[mask.bool().to(self.flat.device)] = self.flat[self.table.positions(index).to(self.flat.device)]
+        return out.to(self.device)
+
+    @contextmanager
+    def injected(self, index: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
+        """Within: a forward over requests ``index`` skips the lower layers."""
+        hidden = self.hidden(index, mask)
+        lower = list(self.layers[: self.first])
+        # An instance-level forward (accelerate's dispatch wrapper) is put back afterwards.
+        saved = [layer.__dict__.get("forward") for layer in lower]
+        for layer in lower[:-1]:
+            layer.__dict__["forward"] = _passthrough
+        lower[-1].__dict__["forward"] = _returning(hidden)
+        try:
+            yield
+        finally:
+            for layer, forward in zip(lower, saved, strict=True):
+                if forward is None:
+                    layer.__dict__.pop("forward", None)
+                else:
+                    layer.__dict__["forward"] = forward
+
+
+def _returning(hidden: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden
+    return forward
+
+
+def _cache_device(device: torch.device, mb: float) -> torch.device:
+    """The layer's GPU when the cache takes at most half of its free memory (training needs
+    the rest), else the CPU."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if mb * 2**20 <= free / 2 else torch.device("cpu")
+
+
+def _requests_digest(requests: Sequence[EditRequest]) -> str:
+    h = hashlib.sha256()
+    for r in requests:
+        h.update(r.case_id.encode() + b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class StepData:
+    """One edit step's requests as the trainer sees them: tokens, and the prefix cache."""
+
+    table: TargetTable
+    device: torch.device
+    cache: PrefixCache | None = None
+
+    def loss(self, model: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        return batch_loss(model, self.table, index, self.device, self.cache)
 
 
 class FinetuneEditor(BaseEditor):
@@ -102,6 +299,11 @@ class FinetuneEditor(BaseEditor):
         self.params = self._trainable_parameters()
         self._rng = random.Random(config.seed)
         self.steps_taken = 0
+        # A breadth-first step's progress: how to build it while the runner may checkpoint
+        # at a boundary, and what was loaded from a checkpoint taken there (to resume from).
+        self._progress: Callable[[], dict[str, Any]] | None = None
+        self._resume: dict[str, Any] | None = None
+        self._cache_notes: set[str] = set()
 
     def _trainable_parameters(self) -> dict[str, nn.Parameter]:
         params: dict[str, nn.Parameter] = {}
@@ -145,6 +347,7 @@ class FinetuneEditor(BaseEditor):
 
     def edit(self, requests: Sequence[EditRequest]) -> EditStats:
         items = self._encode(requests)
+        resume = self._take_resume(requests)
         cfg = self.config
         device = self.handle.input_device
         model = self.training_model()
@@ -157,6 +360,13 @@ class FinetuneEditor(BaseEditor):
         if on_gpu:
             for p in params:
                 p.data = p.data.float()
+        if resume is not None:
+            # The checkpoint's weights went through the model's dtype; the master copies
+            # saved with the progress are the ones training continues from.
+            with torch.no_grad():
+                for p, master in zip(params, resume["master"], strict=True):
+                    if master is not None:
+                        p.copy_(master.to(p.device))
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if on_gpu and cfg.bf16_autocast
@@ -165,13 +375,17 @@ class FinetuneEditor(BaseEditor):
         for p in params:
             p.requires_grad_(True)
         info: dict[str, Any] = {}
+        data = StepData(TargetTable.of(items, self.handle.tokenizer.pad_token_id), device)
         try:
             with autocast:
+                data.cache, note = self._prefix_cache(model, params, data.table)
                 if cfg.pipeline == "depth_first":
-                    info = self._depth_first(model, items, params, requests)
+                    info = self._depth_first(model, data, params, requests)
                 else:
-                    info = self._breadth_first(model, items, params, requests)
+                    info = self._breadth_first(model, data, params, requests, dtypes, resume)
+                info["prefix_cache"] = note
         finally:
+            data.cache = None
             for p, dt in zip(params, dtypes, strict=True):
                 p.requires_grad_(False)
                 p.grad = None
@@ -179,8 +393,32 @@ class FinetuneEditor(BaseEditor):
                     p.data = p.data.to(dt)
         return EditStats(num_requests=len(requests), info=info)
 
-    def _step(self, model, batch_items, params, opt, where: str) -> float:
-        loss = target_loss(model, batch_items, self.handle.tokenizer.pad_token_id, self.handle.input_device)
+    def _prefix_cache(self, model: nn.Module, params: list[nn.Parameter],
+                      table: TargetTable) -> tuple[PrefixCache | None, str]:
+        """The step's frozen-prefix cache and a note for the step's info; None (trained
+        uncached) when off, when nothing lies below the first trained layer, when it would
+        exceed ``prefix_cache_max_mb``, or when the model's forward is one the
+        pass-throughs cannot follow."""
+        cfg = self.config
+        if not cfg.prefix_cache:
+            return None, "off"
+        layers_name = self.handle.preset.templates["layers"]
+        first = first_trained_layer(model, layers_name, params)
+        cache: PrefixCache | str = first if isinstance(first, str) else PrefixCache.build(
+            model, layers_name, first, table, cfg.batch_size, self.handle.input_device,
+            cfg.prefix_cache_max_mb)
+        if isinstance(cache, str):
+            if cache not in self._cache_notes:  # logged once per reason, not once per step
+                self._cache_notes.add(cache)
+                # Nothing to cache is normal; a cache that could not be used costs speed.
+                level = logging.INFO if isinstance(first, str) else logging.WARNING
+                log.log(level, "%s: training without the prefix cache: %s", self.name, cache)
+            return None, f"off: {cache}"
+        return cache, f"layer {cache.first}, {cache.megabytes:.1f} MB on {cache.flat.device.type}"
+
+    def _step(self, model: nn.Module, data: StepData, index: torch.Tensor,
+              params: list[nn.Parameter], opt: torch.optim.Optimizer, where: str) -> float:
+        loss = data.loss(model, index)
         value = loss.item()
         if not math.isfinite(value):
             raise EditbenchError(
@@ -195,45 +433,69 @@ class FinetuneEditor(BaseEditor):
             self.after_step(self.steps_taken)
         return value
 
-    def _depth_first(self, model, items, params, requests) -> dict[str, Any]:
+    def _depth_first(self, model, data: StepData, params, requests) -> dict[str, Any]:
         cfg = self.config
         final_losses = []
         steps_before = self.steps_taken
-        with bar(f"{self.name} depth-first", len(items), "req") as pbar:
-            for start in range(0, len(items), cfg.batch_size):
-                batch = items[start : start + cfg.batch_size]
+        with bar(f"{self.name} depth-first", len(requests), "req") as pbar:
+            for start in range(0, len(requests), cfg.batch_size):
+                index = torch.arange(start, min(start + cfg.batch_size, len(requests)))
                 opt = self._optimizer(params)  # a fresh optimizer per request batch, as in FT-M
                 where = f"request {requests[start].case_id!r}"
                 for _ in range(cfg.max_steps):
-                    loss = self._step(model, batch, params, opt, where)
+                    loss = self._step(model, data, index, params, opt, where)
                     if loss < cfg.loss_threshold:
                         break
                 final_losses.append(loss)
-                pbar.update(len(batch))
+                pbar.update(len(index))
                 pbar.set_postfix(loss=f"{loss:.3f}")
         return {
             "optimizer_steps": self.steps_taken - steps_before,
             "mean_final_loss": sum(final_losses) / len(final_losses),
         }
 
-    def _breadth_first(self, model, items, params, requests) -> dict[str, Any]:
+    def _breadth_first(self, model, data: StepData, params, requests, dtypes,
+                       resume: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.config
         opt = self._optimizer(params)
-        order = list(range(len(items)))
-        epoch_losses: list[float] = []
-        steps_before = self.steps_taken
-        n_batches = math.ceil(len(items) / cfg.batch_size)
+        if resume is None:
+            order = list(range(len(requests)))
+            epoch_losses: list[float] = []
+            first_epoch, steps_before = 0, self.steps_taken
+        else:
+            opt.load_state_dict(resume["optimizer"])
+            order, epoch_losses = list(resume["order"]), list(resume["epoch_losses"])
+            first_epoch, steps_before = resume["epoch"], resume["steps_before"]
+        n_batches = math.ceil(len(requests) / cfg.batch_size)
         with bar(f"{self.name} breadth-first", cfg.epochs * n_batches, "batch") as pbar:
-            for epoch in range(cfg.epochs):
+            pbar.update(first_epoch * n_batches)
+            for epoch in range(first_epoch, cfg.epochs):
                 self._rng.shuffle(order)
                 losses = []
                 for idx in chunks(order, cfg.batch_size):
                     where = f"epoch {epoch}, batch of requests {[requests[i].case_id for i in idx[:3]]}..."
-                    losses.append(self._step(model, [items[i] for i in idx], params, opt, where))
+                    losses.append(self._step(model, data, torch.tensor(idx), params, opt, where))
                     pbar.update(1)
+                    faults.point("train-batch")
                 epoch_losses.append(sum(losses) / len(losses))
                 pbar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
-                if epoch_losses[-1] < cfg.epoch_stop_threshold:
+                last = epoch + 1 == cfg.epochs or epoch_losses[-1] < cfg.epoch_stop_threshold
+
+                def progress(epoch: int = epoch) -> dict[str, Any]:  # built only if saved
+                    return {
+                        "requests": _requests_digest(requests), "epoch": epoch + 1,
+                        "order": list(order), "epoch_losses": list(epoch_losses),
+                        "steps_before": steps_before, "optimizer": opt.state_dict(),
+                        "master": [p.detach().cpu().clone() if p.dtype != dt else None
+                                   for p, dt in zip(params, dtypes, strict=True)],
+                    }
+
+                self._progress = None if last else progress
+                try:
+                    self.boundary(len(requests), last=last)
+                finally:
+                    self._progress = None
+                if last:
                     break
         return {
             "epochs_run": len(epoch_losses),
@@ -241,12 +503,27 @@ class FinetuneEditor(BaseEditor):
             "epoch_losses": [round(x, 5) for x in epoch_losses],
         }
 
+    def _take_resume(self, requests: Sequence[EditRequest]) -> dict[str, Any] | None:
+        """The loaded in-step progress, checked to belong to this step (used once)."""
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["requests"] != _requests_digest(requests):
+            raise EditbenchError(
+                f"{self.name}: the checkpoint was taken inside another edit step than "
+                f"requests {requests[0].case_id!r}-{requests[-1].case_id!r}; delete it to restart the edits"
+            )
+        return resume
+
     def edited_parameters(self) -> list[str]:
         return list(self.params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.getstate(), "steps_taken": self.steps_taken}
+        state: dict[str, Any] = {"rng": self._rng.getstate(), "steps_taken": self.steps_taken}
+        if self._progress is not None:
+            state["in_step"] = self._progress()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.setstate(state["rng"])
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
         self.steps_taken = state["steps_taken"]
+        self._resume = state.get("in_step")

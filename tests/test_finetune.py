@@ -123,14 +123,9 @@ class RecordingEditor(FinetuneEditor):
         super().__init__(handle, config)
         self.batches: list[list[int]] = []
 
-    def _step(self, model, batch_items, params, opt, where):
-        self.batches.append([self._ids[id(it)] for it in batch_items])
-        return super()._step(model, batch_items, params, opt, where)
-
-    def _encode(self, requests):
-        items = super()._encode(requests)
-        self._ids = {id(it): int(r.case_id) for it, r in zip(items, requests, strict=True)}
-        return items
+    def _step(self, model, data, index, params, opt, where):
+        self.batches.append(index.tolist())  # the requests' case ids are their positions
+        return super()._step(model, data, index, params, opt, where)
 
 
 def test_depth_first_schedule(tiny_llama):
@@ -187,3 +182,141 @@ def test_editor_defaults_match_the_methods():
 def test_unknown_module_is_a_clear_error(tiny_llama):
     with pytest.raises(EditbenchError, match="no module template 'mlp_dwn'"):
         FinetuneEditor(tiny_llama, FinetuneConfig(modules=["mlp_dwn@1"]))
+
+
+# -- the frozen-prefix cache -----------------------------------------------------------------
+
+# Five requests of different lengths in batches of 2: padded batches and a short last one.
+PADDED = [*REQUESTS, req(4, "Which company made the iPhone?", "Microsoft made Windows")]
+
+
+def _train(handle, editor_cls, **overrides):
+    config_cls = editor_cls.config_class
+    base = dict(pipeline="breadth_first", lr=1e-3, batch_size=2, epochs=3, loss_threshold=0.0,
+                epoch_stop_threshold=0.0)
+    editor = editor_cls(handle, config_cls(**{**base, **overrides}))
+    losses: list[float] = []  # every batch's loss, unrounded
+    step = editor._step
+    editor._step = lambda *args: losses.append(step(*args)) or losses[-1]
+    info = editor.edit(PADDED).info
+    return {**info, "losses": losses}, {k: p.detach().clone() for k, p in editor.params.items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "gemma3_text", "gemma3"])
+def test_prefix_cache_gives_the_uncached_losses_and_weights(family, tiny_tokenizer):
+    """Rotary and learned position embeddings, Gemma's scaled embeddings and alternating
+    sliding/full attention, the multimodal wrapper, padding: all computed by the model's
+    own forward, only the lower layers are skipped. Full weights and LoRA adapters."""
+    from conftest import make_tiny
+    from editors.lora import LoraEditor
+
+    cases = [(FinetuneEditor, dict(modules=["mlp_down@2", "mlp_down@3"])),
+             (LoraEditor, dict(target_modules=["mlp_down"], layers=[2, 3], lr=1e-2))]
+    for editor_cls, keys in cases:
+        runs = {cache: _train(make_tiny(family, tiny_tokenizer), editor_cls, prefix_cache=cache, **keys)
+                for cache in (False, True)}
+        (info0, weights0), (info1, weights1) = runs[False], runs[True]
+        assert info0["prefix_cache"] == "off" and info1["prefix_cache"].startswith("layer 2,")
+        assert len(info1["losses"]) == 9
+        torch.testing.assert_close(info1["losses"], info0["losses"], atol=1e-5, rtol=0)
+        for name, value in weights0.items():
+            torch.testing.assert_close(weights1[name], value, atol=1e-5, rtol=0, msg=name)
+
+
+def test_prefix_cache_skips_the_lower_layers_depth_first_too(tiny_tokenizer):
+    from conftest import make_tiny
+
+    runs = {}
+    for cache in (False, True):
+        handle = make_tiny("llama", tiny_tokenizer)
+        calls: list[int] = []
+        handle.get_module("mlp", 0).register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        info = _train(handle, FTMEditor, pipeline="depth_first", modules=["mlp_down@2"],
+                      max_steps=3, prefix_cache=cache)
+        runs[cache] = (info, len(calls))
+    (info0, weights0), calls0 = runs[False]
+    (info1, weights1), calls1 = runs[True]
+    # 5 requests in batches of 2, 3 steps each: 9 forwards uncached, 3 (the cache) cached.
+    assert (calls0, calls1) == (9, 3)
+    torch.testing.assert_close(info1["losses"], info0["losses"], atol=1e-5, rtol=0)
+    for name, value in weights0.items():
+        torch.testing.assert_close(weights1[name], value, atol=1e-5, rtol=0)
+
+
+def test_prefix_cache_falls_back_where_it_cannot_help(tiny_llama):
+    from editbench.config import ConfigError, build_config
+
+    info, _ = _train(tiny_llama, FinetuneEditor, modules=["mlp_down@2"], prefix_cache_max_mb=1e-6)
+    assert info["prefix_cache"].startswith("off: it would take") and "prefix_cache_max_mb" in info["prefix_cache"]
+    info, _ = _train(tiny_llama, FinetuneEditor, modules=["mlp_down@0"])
+    assert info["prefix_cache"] == "off: the first layer is trained"
+    info, _ = _train(tiny_llama, FinetuneEditor, modules=["embed", "mlp_down@2"])
+    assert info["prefix_cache"] == "off: trained tensor model.embed_tokens.weight is used below layer 2"
+    info, _ = _train(tiny_llama, FinetuneEditor, modules=["final_norm"])
+    assert info["prefix_cache"] == "off: a trained tensor lies outside the decoder layers"
+    for bad in (0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="prefix_cache_max_mb: expected a positive number"):
+            build_config(LocFTBFConfig, {"prefix_cache_max_mb": bad}, "h.yaml")
+    with pytest.raises(ConfigError, match="prefix_cache.*true or false"):
+        build_config(LocFTBFConfig, {"prefix_cache": "yes"}, "h.yaml")
+
+
+# -- resuming inside a breadth-first step ------------------------------------------------------
+
+
+def _roundtrip(obj):
+    """Through torch.save / torch.load(weights_only=True), as a run's checkpoint goes."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("editor", ["locft_bf", "lora"])
+def test_breadth_first_step_resumes_from_an_epoch_boundary(editor, tiny_tokenizer):
+    """A checkpoint at an epoch's end (editor state, edited tensors, torch RNG) and a fresh
+    editor that loads it continue the step to the bitwise result of the unbroken one."""
+    from conftest import make_tiny
+    from editors.lora import LoraEditor, LoraEditorConfig
+
+    def build():
+        handle = make_tiny("llama", tiny_tokenizer)
+        common = dict(lr=1e-2, batch_size=2, epochs=4, loss_threshold=0.0, epoch_stop_threshold=0.0)
+        if editor == "lora":  # dropout 0.1 draws from the torch RNG while training
+            return handle, LoraEditor(handle, LoraEditorConfig(target_modules=["attn_v", "mlp_down"],
+                                                               layers=[2, 3], **common))
+        return handle, LocFTBFEditor(handle, LocFTBFConfig(modules=["mlp_down@2"], **common))
+
+    handle, ed = build()
+    saved, calls = [], []
+
+    def hook(passes: int, last: bool) -> None:
+        calls.append((passes, last))
+        if len(calls) == 2:
+            params = dict(handle.model.named_parameters())
+            saved.append(_roundtrip({"editor": ed.state_dict(), "rng": torch.get_rng_state(),
+                                     "weights": {n: params[n].detach().clone() for n in ed.edited_parameters()}}))
+
+    ed.set_boundary_hook(hook)
+    torch.manual_seed(0)
+    reference = ed.edit(PADDED).info
+    ref_state = {n: p.detach().clone() for n, p in handle.model.named_parameters()}
+    assert calls == [(5, False)] * 3 + [(5, True)]
+    assert "in_step" in saved[0]["editor"] and "in_step" not in ed.state_dict()
+
+    handle, ed = build()
+    ed.load_state_dict(saved[0]["editor"])
+    with torch.no_grad():
+        for name, value in saved[0]["weights"].items():
+            handle.model.get_parameter(name).copy_(value)
+    torch.set_rng_state(saved[0]["rng"])
+    assert ed.edit(PADDED).info == reference
+    for name, value in handle.model.named_parameters():
+        assert torch.equal(value, ref_state[name]), name
+
+    handle, ed = build()
+    ed.load_state_dict(saved[0]["editor"])
+    with pytest.raises(EditbenchError, match="inside another edit step"):
+        ed.edit(PADDED[:4])
