@@ -34,7 +34,7 @@ from editbench.progress import bar
 from editbench.registry import EDITORS
 
 COLUMNS = ("reliability", "generalization", "locality", "locality_neighbourhood",
-           "locality_distant", "locality_gold")
+           "locality_distant", "locality_gold", "locality_argmax")
 _CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([0-9.]+)\s*$")
 
 
@@ -70,6 +70,9 @@ def parse_constraints(items: tuple[str, ...]) -> list[tuple[str, str, float]]:
         m = _CONSTRAINT.match(item)
         if not m:
             raise EditbenchError(f"--constraint {item!r}: expected METRIC>=NUMBER or METRIC<=NUMBER")
+        if m.group(1) not in COLUMNS:
+            raise EditbenchError(f"--constraint {item!r}: unknown metric {m.group(1)!r}; expected one of "
+                                 f"{', '.join(COLUMNS)}")
         out.append((m.group(1), m.group(2), float(m.group(3))))
     return out
 
@@ -78,6 +81,10 @@ def objective_terms(text: str) -> list[str]:
     terms = [t.strip() for t in text.split("+") if t.strip()]
     if not terms or not all(re.fullmatch(r"[a-z_]+", t) for t in terms):
         raise EditbenchError(f"--objective {text!r}: expected metric names joined by '+'")
+    unknown = [t for t in terms if t not in COLUMNS]
+    if unknown:
+        raise EditbenchError(f"--objective {text!r}: unknown metric {unknown[0]!r}; expected metrics "
+                             f"from {', '.join(COLUMNS)}")
     return terms
 
 
@@ -322,14 +329,15 @@ def _template(overrides: dict[str, Any]) -> str:
 
 def format_table(rows: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
     """The sweep as a fixed-width table (the YAML comment and the terminal)."""
-    head = ["point", "rel", "gen", "loc", "loc_n", "loc_d", "s"]
+    head = ["point", "rel", "gen", "loc", "loc_n", "loc_d", "loc_am", "s"]
     body = []
     for r in rows:
         label = r["location"] + (" <-" if chosen is not None and r is chosen else "")
-        body.append([label, *(_f(r.get(k)) for k in COLUMNS[:5]), f"{r['seconds']:.0f}"])
+        body.append([label, *(_f(r.get(k)) for k in (*COLUMNS[:5], "locality_argmax")),
+                     f"{r['seconds']:.0f}"])
     width = max(len(b[0]) for b in [head, *body])
-    out = [f"{head[0]:<{width}}  " + "  ".join(f"{h:>5}" for h in head[1:])]
-    out += [f"{b[0]:<{width}}  " + "  ".join(f"{v:>5}" for v in b[1:]) for b in body]
+    out = [f"{head[0]:<{width}}  " + "  ".join(f"{h:>6}" for h in head[1:])]
+    out += [f"{b[0]:<{width}}  " + "  ".join(f"{v:>6}" for v in b[1:]) for b in body]
     return "\n".join(out)
 
 

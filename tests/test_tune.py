@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from editbench.cli import main
-from editbench.tune import pareto_front, pick
+from editbench.errors import EditbenchError
+from editbench.tune import objective_terms, pareto_front, parse_constraints, pick
 
 
 def test_pick_rule_and_pareto_front():
@@ -21,6 +23,19 @@ def test_pick_rule_and_pareto_front():
     assert pick(rows, terms, cons) == (rows[1], True)
     assert [r["location"] for r in pareto_front(rows, terms, cons)] == ["a", "b"]
     assert pick(rows, terms, [("locality_neighbourhood", ">=", 0.95)]) == (rows[1], False)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: parse_constraints(("locality_neighborhood>=0.8",)),
+    lambda: objective_terms("reliability+generalisation"),
+])
+def test_unknown_metric_in_the_rule_is_one_line_error(call):
+    # A misspelt metric would otherwise be read as missing in every row: no point could
+    # ever meet the rule and the fallback would pick silently.
+    with pytest.raises(EditbenchError, match="unknown metric") as err:
+        call()
+    assert "\n" not in str(err.value)
+    assert parse_constraints(("locality_argmax>=0.6",)) == [("locality_argmax", ">=", 0.6)]
 
 
 def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
