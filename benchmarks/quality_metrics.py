@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import_s = time.perf_counter() - t0
     from editbench.config import load_hparams
     from editbench.data import load_dataset
-    from editbench.evaluate.generation import answers, generate_answers
+    from editbench.evaluate.generation import generate_answers
     from editbench.evaluate.normalize import exact_match
     from editbench.models import load_model
     from editbench.registry import EDITORS
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         res["consistency_scored"] = sum(1 for q in quality.values() if q["_consistency"])
         prompts = [(r, p) for r in requests for p in (r.prompt, *r.rephrase_prompts)]
         t = time.perf_counter()
-        got = answers(generate_answers(handle, [p for _, p in prompts], 32, args.batch_size))
+        got = generate_answers(handle, [p for _, p in prompts], 32, args.batch_size)
         res["answers_s"] = round(time.perf_counter() - t, 1)
         sims = scorer.semantic([(a, r.target_new) for (r, _), a in zip(prompts, got, strict=True)])
         rel = [i for i, (r, p) in enumerate(prompts) if p == r.prompt]
