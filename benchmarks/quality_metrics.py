@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from editbench.data import load_dataset
     from editbench.evaluate.generation import generate_answers
     from editbench.evaluate.normalize import exact_match
+    from editbench.evaluate.quality.fluency import word_tokens
     from editbench.models import load_model
     from editbench.registry import EDITORS
 
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         res["fluency"] = mean([v for q in quality.values() for v in q["_fluency"]])
         res["consistency"] = mean([v for q in quality.values() for v in q["_consistency"]])
         res["consistency_scored"] = sum(1 for q in quality.values() if q["_consistency"])
+        # ROME's n-gram entropy grows with text length: an edited model that learnt to stop
+        # after the target scores low without writing worse text, so the length goes beside it.
+        res["continuation_words"] = mean([float(len(word_tokens(g["continuation"])))
+                                          for q in quality.values() for g in q["generations"]])
         prompts = [(r, p) for r in requests for p in (r.prompt, *r.rephrase_prompts)]
         t = time.perf_counter()
         got = generate_answers(handle, [p for _, p in prompts], 32, args.batch_size)
