@@ -7,9 +7,15 @@ tests need no download and run in seconds.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -258,3 +264,51 @@ def tiny_sweep(tmp_path_factory, tiny_tokenizer) -> Path:
         outcomes = sweep(load_grid("grid.yaml"), root / "sweep", machine={"device": "cpu"})
     assert {o.status for o in outcomes.values()} == {"done"}, outcomes
     return root / "sweep"
+
+
+# -- local HTTP for the dataset download tests ------------------------------------------
+
+
+def closed_port_url(filename: str = "file.json") -> str:
+    """A URL on 127.0.0.1 nothing listens on: a download fails at once, as without network."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{filename}"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    requests_seen: list[str]
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        self.requests_seen.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
+    """Serve a folder over HTTP on 127.0.0.1 from a thread; returns (base URL, paths requested)."""
+    servers: list[tuple[http.server.ThreadingHTTPServer, threading.Thread]] = []
+
+    def start(root: Path) -> tuple[str, list[str]]:
+        seen: list[str] = []
+        handler = functools.partial(
+            type("Handler", (_QuietHandler,), {"requests_seen": seen}), directory=str(root)
+        )
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}", seen
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import http.server
 import json
 import logging
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import closed_port_url
 from editbench.api import EditbenchError, EditRequest, LocalityPrompt
 from editbench.data import (
     DEFAULT_DATASET,
@@ -126,25 +123,6 @@ def expect_error(fn: Callable[[], Any], *fragments: str) -> str:
     return message
 
 
-def closed_port_url(filename: str = "file.json") -> str:
-    """A URL on 127.0.0.1 nothing listens on: a download fails at once, as without network."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/{filename}"
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    requests_seen: list[str]
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
-        self.requests_seen.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Every test gets its own cache, no data dir from the environment, and no real network."""
@@ -158,30 +136,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return cache
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
-    """Serve a folder over HTTP on 127.0.0.1 from a thread; returns (base URL, paths requested)."""
-    servers: list[tuple[http.server.ThreadingHTTPServer, threading.Thread]] = []
 
-    def start(root: Path) -> tuple[str, list[str]]:
-        seen: list[str] = []
-        handler = functools.partial(
-            type("Handler", (_QuietHandler,), {"requests_seen": seen}), directory=str(root)
-        )
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}", seen
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        assert not thread.is_alive()
 
 
 # -- zsRE/MEND ------------------------------------------------------------------------

@@ -6,24 +6,21 @@ Nothing here reaches the real hosts: releases are served from a local HTTP serve
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import closed_port_url
 from editbench.api import EditbenchError
 from editbench.data import (
     GROUPS,
@@ -55,12 +52,7 @@ def expect_error(fn: Callable[[], Any], *fragments: str) -> str:
     return message
 
 
-def closed_port_url(filename: str) -> str:
-    """A URL on 127.0.0.1 nothing listens on: a download fails at once, as without network."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/{filename}"
+
 
 
 def write_zsre(path: Path, num: int, seed: int = 0) -> Path:
@@ -109,17 +101,6 @@ def write_wiki_release(folder: Path, per_file: int = 3) -> list[Path]:
     return paths
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    requests_seen: list[str]
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
-        self.requests_seen.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Own cache, no data dir from the environment, and every release URL a closed port."""
@@ -136,28 +117,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return cache
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
-    """Serve a folder over HTTP on 127.0.0.1 from a thread; returns (base URL, paths requested)."""
-    servers: list[tuple[http.server.ThreadingHTTPServer, threading.Thread]] = []
 
-    def start(root: Path) -> tuple[str, list[str]]:
-        seen: list[str] = []
-        handler = functools.partial(
-            type("Handler", (_QuietHandler,), {"requests_seen": seen}), directory=str(root)
-        )
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}", seen
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 # -- the streamed reader --------------------------------------------------------------
