@@ -55,6 +55,9 @@ def real_requests(data_dir: Path, out: Path) -> tuple[Path, int]:
     """All CounterFact cases and zsRE records under ``data_dir`` as one flat JSONL file."""
     from editbench.data import load_path
 
+    # Loaded by path, the files do not say what their locality prompts are; the named
+    # releases do (CounterFact: neighbourhood prompts, zsRE: NQ questions).
+    kinds = {"cf": "neighbourhood", "zs": "distant", "zt": "distant"}
     files = [("cf", data_dir / "counterfact" / f"counterfact_{s}.json") for s in ("train", "val", "edit")]
     files += [("zs", data_dir / "zsre" / "zsre_3k.json"), ("zt", data_dir / "zsre" / "zsre_train_1k.json")]
     n = 0
@@ -67,7 +70,7 @@ def real_requests(data_dir: Path, out: Path) -> tuple[Path, int]:
                     "rephrase_prompt": list(r.rephrase_prompts),
                     "locality_prompt": [loc.prompt for loc in r.locality],
                     "locality_ground_truth": [loc.answer for loc in r.locality],
-                    "locality_kind": [loc.kind for loc in r.locality],
+                    "locality_kind": [loc.kind or kinds[prefix] for loc in r.locality],
                 }
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1

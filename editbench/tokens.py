@@ -8,10 +8,12 @@ EasyEdit's bugs #302/#303/#365/#390 came from such mismatches).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
+import numpy as np
 import torch
 
 from editbench.errors import EditbenchError
@@ -153,13 +155,23 @@ class TargetTable:
     pad_id: int
 
     @classmethod
-    def of(cls, items: Sequence[PromptTarget], pad_id: int) -> TargetTable:
-        lengths = torch.tensor([len(it.prompt_ids) + len(it.target_ids) for it in items],
-                               dtype=torch.long)
-        flat = torch.tensor(list(chain.from_iterable(it.ids for it in items)), dtype=torch.long)
-        starts = torch.cumsum(lengths, 0) - lengths
-        prompt = torch.tensor([len(it.prompt_ids) for it in items], dtype=torch.long)
-        return cls(flat, starts, lengths, prompt, pad_id)
+    def of(cls, items: Iterable[PromptTarget], pad_id: int) -> TargetTable:
+        """The table of ``items``, read once: a generator is consumed without its items
+        being kept (a 100K-request step's Python int lists would cost more than the table)."""
+        ids, lengths, prompt = array("q"), array("q"), array("q")
+        for it in items:
+            ids.extend(it.prompt_ids)
+            ids.extend(it.target_ids)
+            lengths.append(len(it.prompt_ids) + len(it.target_ids))
+            prompt.append(len(it.prompt_ids))
+        lengths_t = _long(lengths)
+        return cls(_long(ids), torch.cumsum(lengths_t, 0) - lengths_t, lengths_t, _long(prompt), pad_id)
+
+    def select(self, index: torch.Tensor) -> TargetTable:
+        """Requests ``index`` as a table of their own (in that order)."""
+        lengths = self.lengths[index]
+        return TargetTable(self.ids[self.positions(index)], torch.cumsum(lengths, 0) - lengths,
+                           lengths, self.prompt_lengths[index], self.pad_id)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -181,6 +193,10 @@ class TargetTable:
         cols = prompt_len[rows] + torch.arange(len(rows)) - first[rows] - 1
         labels = input_ids[rows, cols + 1]
         return TargetBatch(input_ids, mask, rows, cols, labels, rows.clone())
+
+
+def _long(values: array) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(values, dtype=np.int64).copy())
 
 
 def collate_targets(items: Sequence[PromptTarget], pad_id: int) -> TargetBatch:

@@ -282,9 +282,12 @@ class StepData:
     table: TargetTable
     device: torch.device
     cache: PrefixCache | None = None
+    # The step index of the table's first request: a depth-first batch's table holds its
+    # own requests only, while indices keep meaning requests of the step.
+    offset: int = 0
 
     def loss(self, model: nn.Module, index: torch.Tensor) -> torch.Tensor:
-        return batch_loss(model, self.table, index, self.device, self.cache)
+        return batch_loss(model, self.table, index - self.offset, self.device, self.cache)
 
 
 class FinetuneEditor(BaseEditor):
@@ -329,24 +332,22 @@ class FinetuneEditor(BaseEditor):
     def after_step(self, step: int) -> None:
         """Called after each optimizer step, gradients still in place; ``step`` counts from 1."""
 
-    def _encode(self, requests: Sequence[EditRequest]) -> list[PromptTarget]:
+    def _encode(self, requests: Sequence[EditRequest]) -> Iterator[PromptTarget]:
         tok = self.handle.tokenizer
-        out = []
         for r in requests:
             try:
                 item = encode_prompt_target(tok, r.prompt, r.target_new, self.config.append_eos)
                 check_fits(self.handle.model, [len(item.ids)])
             except (ValueError, EditbenchError) as exc:
                 raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
-            out.append(item)
-        return out
+            yield item
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
         return cls(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def edit(self, requests: Sequence[EditRequest]) -> EditStats:
-        items = self._encode(requests)
+        table = TargetTable.of(self._encode(requests), self.handle.tokenizer.pad_token_id)
         resume = self._take_resume(requests)
         cfg = self.config
         device = self.handle.input_device
@@ -375,15 +376,17 @@ class FinetuneEditor(BaseEditor):
         for p in params:
             p.requires_grad_(True)
         info: dict[str, Any] = {}
-        data = StepData(TargetTable.of(items, self.handle.tokenizer.pad_token_id), device)
+        data = StepData(table, device)
         try:
             with autocast:
-                data.cache, note = self._prefix_cache(model, params, data.table)
                 if cfg.pipeline == "depth_first":
                     info = self._depth_first(model, data, params, requests)
                 else:
-                    info = self._breadth_first(model, data, params, requests, dtypes, resume)
-                info["prefix_cache"] = note
+                    if cfg.epochs > 1:
+                        data.cache, info["prefix_cache"] = self._prefix_cache(model, params, table)
+                    else:  # each request is forwarded once: a cache would only add a pass
+                        info["prefix_cache"] = "off: one epoch"
+                    info.update(self._breadth_first(model, data, params, requests, dtypes, resume))
         finally:
             data.cache = None
             for p, dt in zip(params, dtypes, strict=True):
@@ -434,16 +437,24 @@ class FinetuneEditor(BaseEditor):
         return value
 
     def _depth_first(self, model, data: StepData, params, requests) -> dict[str, Any]:
+        """Each batch trains to its threshold before the next; its frozen prefix is cached
+        for that batch alone (it is forwarded up to ``max_steps`` times, the others not yet),
+        so the cache's memory does not grow with the step."""
         cfg = self.config
         final_losses = []
         steps_before = self.steps_taken
+        notes: list[str] = []
         with bar(f"{self.name} depth-first", len(requests), "req") as pbar:
             for start in range(0, len(requests), cfg.batch_size):
                 index = torch.arange(start, min(start + cfg.batch_size, len(requests)))
+                batch = StepData(data.table.select(index), data.device, offset=start)
+                if cfg.max_steps > 1:
+                    batch.cache, note = self._prefix_cache(model, params, batch.table)
+                    notes.append(note)
                 opt = self._optimizer(params)  # a fresh optimizer per request batch, as in FT-M
                 where = f"request {requests[start].case_id!r}"
                 for _ in range(cfg.max_steps):
-                    loss = self._step(model, data, index, params, opt, where)
+                    loss = self._step(model, batch, index, params, opt, where)
                     if loss < cfg.loss_threshold:
                         break
                 final_losses.append(loss)
@@ -452,6 +463,7 @@ class FinetuneEditor(BaseEditor):
         return {
             "optimizer_steps": self.steps_taken - steps_before,
             "mean_final_loss": sum(final_losses) / len(final_losses),
+            "prefix_cache": f"{notes[0]} (first batch; one per batch)" if notes else "off: one step per batch",
         }
 
     def _breadth_first(self, model, data: StepData, params, requests, dtypes,

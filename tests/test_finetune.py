@@ -236,8 +236,10 @@ def test_prefix_cache_skips_the_lower_layers_depth_first_too(tiny_tokenizer):
         runs[cache] = (info, len(calls))
     (info0, weights0), calls0 = runs[False]
     (info1, weights1), calls1 = runs[True]
-    # 5 requests in batches of 2, 3 steps each: 9 forwards uncached, 3 (the cache) cached.
+    # 5 requests in batches of 2, 3 steps each: 9 forwards uncached, 3 (one cache per
+    # batch, so its memory does not grow with the step) cached.
     assert (calls0, calls1) == (9, 3)
+    assert info1["prefix_cache"].startswith("layer 2,") and info1["prefix_cache"].endswith("one per batch)")
     torch.testing.assert_close(info1["losses"], info0["losses"], atol=1e-5, rtol=0)
     for name, value in weights0.items():
         torch.testing.assert_close(weights1[name], value, atol=1e-5, rtol=0)
@@ -245,6 +247,10 @@ def test_prefix_cache_skips_the_lower_layers_depth_first_too(tiny_tokenizer):
 
 def test_prefix_cache_falls_back_where_it_cannot_help(tiny_llama):
     from editbench.config import ConfigError, build_config
+
+    # One epoch forwards each request once: a cache would only add a pass (and memory).
+    info, _ = _train(tiny_llama, FinetuneEditor, modules=["mlp_down@2"], epochs=1)
+    assert info["prefix_cache"] == "off: one epoch" and len(info["losses"]) == 3
 
     info, _ = _train(tiny_llama, FinetuneEditor, modules=["mlp_down@2"], prefix_cache_max_mb=1e-6)
     assert info["prefix_cache"].startswith("off: it would take") and "prefix_cache_max_mb" in info["prefix_cache"]
@@ -320,3 +326,18 @@ def test_breadth_first_step_resumes_from_an_epoch_boundary(editor, tiny_tokenize
     ed.load_state_dict(saved[0]["editor"])
     with pytest.raises(EditbenchError, match="inside another edit step"):
         ed.edit(PADDED[:4])
+
+
+def test_target_table_reads_a_generator_once_and_selects_rows():
+    from editbench.tokens import PromptTarget, TargetTable, collate_targets
+
+    items = [PromptTarget([5, 6], [7]), PromptTarget([8], [9, 10, 11]), PromptTarget([12, 13, 14], [15])]
+    consumed = []
+    table = TargetTable.of((consumed.append(i) or it for i, it in enumerate(items)), pad_id=0)
+    assert consumed == [0, 1, 2] and table.ids.tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    sub = table.select(torch.tensor([2, 0]))
+    want = collate_targets([items[2], items[0]], pad_id=0)
+    got = sub.collate(torch.arange(2))
+    for name, value in vars(want).items():
+        assert torch.equal(getattr(got, name), value), name
+    assert len(TargetTable.of(iter([]), pad_id=0)) == 0
