@@ -75,12 +75,17 @@ def collect(dirs: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
-# What a run must hold to be tabled: config.json has either its comparability dict or
-# (runs from before it existed) the settings the key is rebuilt from.
-_OLD_KEY_FIELDS = {
-    "protocol": ("locality_definition", "evaluation"),
-    "dataset": ("name", "sha256", "target", "num_edits"),
-}
+class _MissingSetting(Exception):
+    """An older run's config.json lacks a setting its comparability key is rebuilt from."""
+
+
+def _setting(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise _MissingSetting(dotted)
+        value = value[part]
+    return value
 
 
 def _check_run(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -93,43 +98,42 @@ def _check_run(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -> N
         if values is not None and not isinstance(values, dict):
             raise EditbenchError(f"{path}: metrics.json: key 'results.{protocol}': expected an "
                                  f"object of metric -> number, got {type(values).__name__}")
-    if isinstance(config.get("comparability"), dict):
-        return
-    for section, keys in _OLD_KEY_FIELDS.items():
-        part = config.get(section)
-        missing = [k for k in keys if not isinstance(part, dict) or k not in part]
-        if missing:
+    # The key is what tables need: building it now names what an older run lacks.
+    for protocol in results:
+        try:
+            comparability_key(config, protocol)
+        except _MissingSetting as missing:
             raise EditbenchError(
-                f"{path}: config.json: no 'comparability' and key '{section}.{missing[0]}' is "
-                "missing: expected the config.json of an editbench run"
-            )
+                f"{path}: config.json: no 'comparability' and key '{missing}' is missing: "
+                "expected the config.json of an editbench run") from None
 
 
 def comparability_key(config: dict[str, Any], protocol: str) -> dict[str, Any]:
     """What must be equal for two runs' ``protocol`` numbers to share a column."""
     comp = config.get("comparability")
-    if comp is not None:
+    if isinstance(comp, dict):
         key = dict(comp)
         definitions = key.get("protocol_definitions") or {}
         key["protocol_definitions"] = {protocol: definitions.get(protocol)}
         return {"protocol": protocol, **key}
     # Runs written before config.json held a comparability dict.
-    p, d = config["protocol"], config["dataset"]
+    locality = _setting(config, "protocol.locality_definition")
+    evaluation = _setting(config, "protocol.evaluation")
     key = {
         "protocol": protocol,
-        "dataset": d["name"],
-        "dataset_sha256": d["sha256"][:12],
-        "edit_target": d["target"],
-        "num_edits": d["num_edits"],
-        "locality": p["locality_definition"],
-        "evaluation": p["evaluation"].split(",")[0],
+        "dataset": _setting(config, "dataset.name"),
+        "dataset_sha256": _setting(config, "dataset.sha256")[:12],
+        "edit_target": _setting(config, "dataset.target"),
+        "num_edits": _setting(config, "dataset.num_edits"),
+        "locality": locality,
+        "evaluation": evaluation.split(",")[0],
     }
     if protocol == "generation":
-        key["max_new_tokens"] = p["max_new_tokens"]
-    cap = config.get("capability")
-    if cap:
-        limit = (cap.get("settings") or {}).get("limit")
-        key["capability"] = (f"{cap['suite']} ({cap['suite_hash'][:12]}"
+        key["max_new_tokens"] = _setting(config, "protocol.max_new_tokens")
+    if config.get("capability"):
+        limit = (_setting(config, "capability.settings") or {}).get("limit")
+        key["capability"] = (f"{_setting(config, 'capability.suite')} "
+                             f"({_setting(config, 'capability.suite_hash')[:12]}"
                              + (f", limit {limit}" if limit is not None else "") + ")")
     return key
 

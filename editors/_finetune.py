@@ -380,7 +380,7 @@ class FinetuneEditor(BaseEditor):
         try:
             with autocast:
                 if cfg.pipeline == "depth_first":
-                    info = self._depth_first(model, data, params, requests)
+                    info = self._depth_first(model, data, params, requests, dtypes, resume)
                 else:
                     if cfg.epochs > 1:
                         data.cache, info["prefix_cache"] = self._prefix_cache(model, params, table)
@@ -436,35 +436,63 @@ class FinetuneEditor(BaseEditor):
             self.after_step(self.steps_taken)
         return value
 
-    def _depth_first(self, model, data: StepData, params, requests) -> dict[str, Any]:
+    def _depth_first(self, model, data: StepData, params, requests, dtypes,
+                     resume: dict[str, Any] | None) -> dict[str, Any]:
         """Each batch trains to its threshold before the next; its frozen prefix is cached
         for that batch alone (it is forwarded up to ``max_steps`` times, the others not yet),
-        so the cache's memory does not grow with the step."""
+        so the cache's memory does not grow with the step. Every batch's end is a boundary
+        (a fresh optimizer per batch: the position and the loss sum are all there is to
+        resume from)."""
         cfg = self.config
-        final_losses = []
-        steps_before = self.steps_taken
-        notes: list[str] = []
+        if resume is None:
+            first, loss_sum, done, steps_before, note = 0, 0.0, 0, self.steps_taken, None
+        else:
+            first, loss_sum, done = resume["next"], resume["loss_sum"], resume["batches_done"]
+            steps_before, note = resume["steps_before"], resume["prefix_cache"]
         with bar(f"{self.name} depth-first", len(requests), "req") as pbar:
-            for start in range(0, len(requests), cfg.batch_size):
+            pbar.update(first)
+            for start in range(first, len(requests), cfg.batch_size):
                 index = torch.arange(start, min(start + cfg.batch_size, len(requests)))
                 batch = StepData(data.table.select(index), data.device, offset=start)
                 if cfg.max_steps > 1:
-                    batch.cache, note = self._prefix_cache(model, params, batch.table)
-                    notes.append(note)
+                    batch.cache, batch_note = self._prefix_cache(model, params, batch.table)
+                    note = note or batch_note
                 opt = self._optimizer(params)  # a fresh optimizer per request batch, as in FT-M
                 where = f"request {requests[start].case_id!r}"
                 for _ in range(cfg.max_steps):
                     loss = self._step(model, batch, index, params, opt, where)
                     if loss < cfg.loss_threshold:
                         break
-                final_losses.append(loss)
+                loss_sum, done = loss_sum + loss, done + 1
+                faults.point("train-batch")
                 pbar.update(len(index))
                 pbar.set_postfix(loss=f"{loss:.3f}")
+                position = {"next": start + len(index), "loss_sum": loss_sum, "batches_done": done,
+                            "prefix_cache": note}
+                self._at_boundary(requests, len(index), position["next"] == len(requests),
+                                  params, dtypes, steps_before, lambda position=position: position)
         return {
             "optimizer_steps": self.steps_taken - steps_before,
-            "mean_final_loss": sum(final_losses) / len(final_losses),
-            "prefix_cache": f"{notes[0]} (first batch; one per batch)" if notes else "off: one step per batch",
+            "mean_final_loss": loss_sum / done,
+            "prefix_cache": (f"{note} (first batch; one per batch)" if note and not note.startswith("off")
+                             else note or "off: one step per batch"),
         }
+
+    def _at_boundary(self, requests, passes: int, last: bool, params, dtypes, steps_before: int,
+                     position: Callable[[], dict[str, Any]]) -> None:
+        """A safe point inside the step; what resuming from it needs is built only if the
+        runner saves it (:meth:`state_dict`)."""
+        def progress() -> dict[str, Any]:
+            return {"requests": _requests_digest(requests), "pipeline": self.config.pipeline,
+                    "steps_before": steps_before, **position(),
+                    "master": [p.detach().cpu().clone() if p.dtype != dt else None
+                               for p, dt in zip(params, dtypes, strict=True)]}
+
+        self._progress = None if last else progress
+        try:
+            self.boundary(passes, last=last)
+        finally:
+            self._progress = None
 
     def _breadth_first(self, model, data: StepData, params, requests, dtypes,
                        resume: dict[str, Any] | None) -> dict[str, Any]:
@@ -493,20 +521,10 @@ class FinetuneEditor(BaseEditor):
                 pbar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
                 last = epoch + 1 == cfg.epochs or epoch_losses[-1] < cfg.epoch_stop_threshold
 
-                def progress(epoch: int = epoch) -> dict[str, Any]:  # built only if saved
-                    return {
-                        "requests": _requests_digest(requests), "epoch": epoch + 1,
-                        "order": list(order), "epoch_losses": list(epoch_losses),
-                        "steps_before": steps_before, "optimizer": opt.state_dict(),
-                        "master": [p.detach().cpu().clone() if p.dtype != dt else None
-                                   for p, dt in zip(params, dtypes, strict=True)],
-                    }
-
-                self._progress = None if last else progress
-                try:
-                    self.boundary(len(requests), last=last)
-                finally:
-                    self._progress = None
+                self._at_boundary(requests, len(requests), last, params, dtypes, steps_before,
+                                  lambda epoch=epoch: {"epoch": epoch + 1, "order": list(order),
+                                                       "epoch_losses": list(epoch_losses),
+                                                       "optimizer": opt.state_dict()})
                 if last:
                     break
         return {
@@ -518,7 +536,8 @@ class FinetuneEditor(BaseEditor):
     def _take_resume(self, requests: Sequence[EditRequest]) -> dict[str, Any] | None:
         """The loaded in-step progress, checked to belong to this step (used once)."""
         resume, self._resume = self._resume, None
-        if resume is not None and resume["requests"] != _requests_digest(requests):
+        if resume is not None and (resume["requests"] != _requests_digest(requests)
+                                   or resume.get("pipeline", "breadth_first") != self.config.pipeline):
             raise EditbenchError(
                 f"{self.name}: the checkpoint was taken inside another edit step than "
                 f"requests {requests[0].case_id!r}-{requests[-1].case_id!r}; delete it to restart the edits"

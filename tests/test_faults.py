@@ -193,3 +193,25 @@ def test_one_step_run_killed_inside_its_step_or_evaluation_resumes_exactly(tiny_
         if point == "case-record":
             assert checkpoint is not None and checkpoint["stage"] == "evaluating"
     assert in_step >= 1  # a kill inside the step did resume from inside it
+
+
+def test_depth_first_one_step_run_resumes_from_inside_its_step(tiny_run):
+    """FT-M with every request in one step: each batch's end is a boundary, so
+    ``--checkpoint-every 2`` checkpoints after every second request and a run killed after
+    request k resumes from the last such checkpoint, ending where the unbroken run does."""
+    tmp, model_dir, data, _ = tiny_run
+    hparams = tmp / "one-step-df.yaml"
+    hparams.write_text("modules: [block@2]\nlr: 1.0e-2\nbatch_size: 1\nmax_steps: 3\nloss_threshold: 0.0\n")
+
+    def args(out: Path) -> list[str]:
+        return ["run", "--editor", "ft_m", "--model", str(model_dir), "--hparams", str(hparams),
+                "--dataset", str(data), "--device", "cpu", "--protocol", "both",
+                "--max-new-tokens", "4", "--edits-per-step", "6", "--checkpoint-every", "2",
+                "--eval-batch-size", "1", "--output", str(out)]
+
+    reference, _ = _reference(args, tmp / "df-reference")
+    assert len(reference["steps"]) == 1
+    for k in random.Random(5).sample(range(3, 7), 2):
+        _, checkpoint = _kill_and_resume(args, tmp / f"df-{k}", reference, f"train-batch:{k}", None)
+        assert checkpoint is not None and checkpoint["in_step"]
+        assert checkpoint["editor_state"]["in_step"]["next"] == 2 * ((k - 1) // 2)

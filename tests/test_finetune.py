@@ -328,6 +328,50 @@ def test_breadth_first_step_resumes_from_an_epoch_boundary(editor, tiny_tokenize
         ed.edit(PADDED[:4])
 
 
+def test_depth_first_step_resumes_from_a_batch_boundary(tiny_tokenizer):
+    """Every depth-first batch's end is a boundary: an editor loaded from a checkpoint taken
+    after the second batch trains the remaining batches only and ends bitwise where the
+    unbroken step ends (FT-M's fresh optimizer per batch leaves nothing else to restore)."""
+    from conftest import make_tiny
+
+    def build():
+        handle = make_tiny("llama", tiny_tokenizer)
+        config = FinetuneConfig(pipeline="depth_first", modules=["mlp_down@2"], lr=1e-2, batch_size=2,
+                                max_steps=3, loss_threshold=0.0)
+        return handle, RecordingEditor(handle, config)
+
+    handle, ed = build()
+    saved, calls = [], []
+
+    def hook(passes: int, last: bool) -> None:
+        calls.append((passes, last))
+        if len(calls) == 2:
+            params = dict(handle.model.named_parameters())
+            saved.append(_roundtrip({"editor": ed.state_dict(),
+                                     "weights": {n: params[n].detach().clone() for n in ed.edited_parameters()}}))
+
+    ed.set_boundary_hook(hook)
+    reference = ed.edit(PADDED).info
+    ref_state = {n: p.detach().clone() for n, p in handle.model.named_parameters()}
+    assert calls == [(2, False), (2, False), (1, True)]
+
+    handle, ed = build()
+    ed.load_state_dict(saved[0]["editor"])
+    with torch.no_grad():
+        for name, value in saved[0]["weights"].items():
+            handle.model.get_parameter(name).copy_(value)
+    assert ed.edit(PADDED).info == reference
+    assert ed.batches == [[4]] * 3  # only the last batch was trained again
+    for name, value in handle.model.named_parameters():
+        assert torch.equal(value, ref_state[name]), name
+
+    handle, ed = build()
+    ed.load_state_dict(saved[0]["editor"])
+    ed.config.pipeline = "breadth_first"
+    with pytest.raises(EditbenchError, match="inside another edit step"):
+        ed.edit(PADDED)
+
+
 def test_target_table_reads_a_generator_once_and_selects_rows():
     from editbench.tokens import PromptTarget, TargetTable, collate_targets
 

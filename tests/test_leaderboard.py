@@ -235,6 +235,11 @@ def test_older_runs_fall_back_to_a_key_from_their_settings(tmp_path, tiny_sweep)
          "key 'protocol.locality_definition' is missing"),
         ({"protocol": {"locality_definition": "x", "evaluation": "generation"}, "dataset": {}},
          "{\"results\": {\"generation\": {\"reliability\": 1.0}}}", "key 'dataset.name' is missing"),
+        # Every setting the rebuilt key reads is checked, the generation-only one too.
+        ({"protocol": {"locality_definition": "x", "evaluation": "generation"},
+          "dataset": {"name": "zsre", "sha256": "ab" * 32, "target": "alt", "num_edits": 1}},
+         "{\"results\": {\"generation\": {\"reliability\": 1.0}}}",
+         "key 'protocol.max_new_tokens' is missing"),
     ],
 )
 def test_malformed_or_older_runs_fail_in_one_line(tmp_path, capsys, config, metrics, message):
