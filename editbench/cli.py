@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--target", choices=["alt", "answers0"])
     tu.add_argument("--max-new-tokens", type=_positive, default=32)
     tu.add_argument("--eval-batch-size", type=_positive, default=32)
+    tu.add_argument("--prompt-format", choices=["raw", "qa", "chat"], default="raw",
+                    help="template applied to every prompt of the slice, as in `editbench run`")
 
     sw = sub.add_parser("sweep", help="run every cell of a grid (editors x models x datasets ...)")
     sw.add_argument("grid", help="a grid .yaml or a shipped grid's name (editbench list grids)")
@@ -300,6 +302,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         output=args.output, write=args.write, dry=args.dry, seed=args.seed, device=args.device,
         dtype=args.dtype, data_dir=args.data_dir, target=args.target,
         max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
+        prompt_format=args.prompt_format,
     )
     result = Tuner(spec).run()
     print(format_table(result["rows"], result["chosen"]))

@@ -29,6 +29,7 @@ import yaml
 from editbench.config import build_config, hparams_model_key, hparams_path, load_hparams, read_yaml
 from editbench.data import load_dataset
 from editbench.errors import EditbenchError
+from editbench.evaluate.prompts import PROMPT_FORMATS, format_request
 from editbench.files import atomic_write_text, dumps, read_jsonl
 from editbench.progress import bar
 from editbench.registry import EDITORS
@@ -60,6 +61,7 @@ class TuneSpec:
     dtype: str | None = None
     data_dir: str | None = None
     max_new_tokens: int = 32
+    prompt_format: str = "raw"  # applied to every prompt of the slice, as `editbench run` does
     eval_batch_size: int = 32
     target: str | None = None
 
@@ -167,8 +169,13 @@ class Tuner:
         self.requests = reqs[-spec.num:] if spec.take == "last" else reqs[: spec.num]
         self.slice = (f"requests {len(reqs) - spec.num}-{len(reqs) - 1}" if spec.take == "last"
                       else f"requests 0-{spec.num - 1}") + f" of {len(reqs)} ({full.sha256[:12]})"
+        if spec.prompt_format not in PROMPT_FORMATS:
+            raise EditbenchError(f"--prompt-format {spec.prompt_format!r}: expected one of {sorted(PROMPT_FORMATS)}")
+        fmt = "" if spec.prompt_format == "raw" else f"-{spec.prompt_format}"
         self.out = Path(spec.output or f"runs/tune-{spec.editor}-{Path(spec.model).name}-"
-                        f"{Path(spec.dataset).stem}")
+                        f"{Path(spec.dataset).stem}{fmt}")
+        self._formatted = spec.prompt_format == "raw"
+        self._check_sweep_folder()
         self.rows: dict[str, dict[str, Any]] = {}
         self._baseline = None
         self._num_layers: int | None = None
@@ -192,8 +199,12 @@ class Tuner:
         merged = {**dataclasses.asdict(self.base), **overrides}
         config = build_config(self.editor_cls.config_class, merged, f"{self.source} with {overrides}")
         handle = self._load()  # a fresh model: adapters and edits of the last point are gone
+        if not self._formatted:  # the chat format needs the tokenizer
+            self.requests = [format_request(r, self.spec.prompt_format, handle.tokenizer) for r in self.requests]
+            self._formatted = True
         evaluator = Evaluator(handle, EvalSettings(max_new_tokens=self.spec.max_new_tokens,
-                                                   batch_size=self.spec.eval_batch_size))
+                                                   batch_size=self.spec.eval_batch_size,
+                                                   prompt_format=self.spec.prompt_format))
         if self._baseline is None:
             self._baseline = evaluator.baseline(self.requests)
         t0 = time.perf_counter()
@@ -213,6 +224,7 @@ class Tuner:
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
+        self._check_sweep_folder(write=True)
         done = self.out / "tune.jsonl"
         if done.is_file():
             for _, row in read_jsonl(done):
@@ -241,6 +253,37 @@ class Tuner:
         if not self.spec.dry:
             result["written"] = str(self.write_yaml(chosen, rows, meets))
         return result
+
+    def sweep_identity(self) -> dict[str, Any]:
+        """What the points of a sweep folder depend on besides each point's own overrides."""
+        spec = self.spec
+        return {"editor": spec.editor, "model": spec.model, "hparams": str(self.source),
+                "slice": f"{spec.dataset} {self.slice}", "target": spec.target, "seed": spec.seed,
+                "overrides": spec.overrides, "prompt_format": spec.prompt_format,
+                "max_new_tokens": spec.max_new_tokens}
+
+    def _check_sweep_folder(self, write: bool = False) -> None:
+        """A sweep resumes only its own points: a folder of another sweep is refused
+        (checked before the model loads, written when the sweep starts)."""
+        path = self.out / "sweep.json"
+        identity = json.loads(dumps(self.sweep_identity()))
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise EditbenchError(f"{path}: unreadable ({exc}); delete the folder or pass another --output") from None
+            if not isinstance(found, dict):
+                found = {}
+            diff = [k for k in identity if found.get(k) != identity[k]]
+            if diff:
+                raise EditbenchError(
+                    f"{path}: the folder holds another sweep ({diff[0]}: {found.get(diff[0])!r}, "
+                    f"this one: {identity[diff[0]]!r}); pass another --output or delete it")
+        elif (self.out / "tune.jsonl").is_file():
+            raise EditbenchError(f"{self.out / 'tune.jsonl'}: points without a {path.name} (what they were "
+                                 "swept on is unknown); pass another --output or delete it")
+        elif write:
+            atomic_write_text(path, dumps(identity) + "\n")
 
     def _count_layers(self) -> int:
         handle = self._load()
@@ -296,7 +339,7 @@ class Tuner:
         lines = [
             f"# {self.spec.editor} on {self.spec.model}: location and lr from `editbench tune` on "
             f"{self.spec.dataset} {self.slice},",
-            f"# generation protocol, {self.rule()}.",
+            f"# generation protocol, prompt format {self.spec.prompt_format}, {self.rule()}.",
             *(f"#   {line}" for line in format_table(rows, chosen).splitlines()),
             "# " + ("chosen: " if meets else "no point met the rule; chosen (closest): ")
             + chosen["location"],

@@ -61,3 +61,30 @@ def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
     # Run again: every point is read back, nothing is recomputed.
     assert main(args) == 0
     assert len((out / "tune.jsonl").read_text().splitlines()) == len(rows)
+    # The same folder for a sweep on other prompts is refused, not mixed into this one.
+    capsys.readouterr()
+    assert main([*args, "--prompt-format", "qa"]) == 2
+    err = capsys.readouterr().err
+    assert "holds another sweep (prompt_format: 'raw', this one: 'qa')" in err and err.count("\n") == 1
+
+
+def test_tune_applies_the_prompt_format_to_every_prompt(tiny_run, capsys, monkeypatch):
+    from editbench import runner
+
+    tmp, model_dir, data, hparams = tiny_run
+    seen: list[str] = []
+    real = runner.edit_and_evaluate
+
+    def spy(editor, requests, *args, **kwargs):
+        seen.extend([r.prompt for r in requests] + [p for r in requests for p in r.rephrase_prompts]
+                    + [loc.prompt for r in requests for loc in r.locality])
+        return real(editor, requests, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "edit_and_evaluate", spy)
+    written = tmp / "qa.yaml"
+    assert main(["tune", "--editor", "locft_bf", "--model", str(model_dir), "--hparams", str(hparams),
+                 "--dataset", str(data), "--num", "2", "--layers", "2", "--lr-factors", "",
+                 "--constraint", "locality>=0.0", "--max-new-tokens", "4", "--device", "cpu",
+                 "--prompt-format", "qa", "--output", str(tmp / "qa-sweep"), "--write", str(written)]) == 0
+    assert seen and all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in seen)
+    assert "prompt format qa" in written.read_text().splitlines()[1]
