@@ -62,6 +62,25 @@ def test_target_logits_equal_the_forward(gemma3):
     assert int(got[0].argmax()) == batch.labels[0]  # " Paris" is the model's own next token
 
 
+def test_unedited_model_scores_locality_one_by_every_definition(gemma3):
+    """The evaluator's guard on the real model: with nothing edited, every locality reads
+    1.0 and the KL 0, in both prompt formats (raw NQ questions get '?' from this model,
+    the qa format real answers)."""
+    from editbench.evaluate import EvalSettings, Evaluator
+    from editbench.evaluate.prompts import format_request
+
+    data_dir = str(shared_file("zsre", "zsre_3k.json").parents[1])
+    raw = load_dataset("zsre-3k", data_dir=data_dir, num=3).requests
+    for fmt in ("raw", "qa"):
+        requests = [format_request(r, fmt, gemma3.tokenizer) for r in raw]
+        evaluator = Evaluator(gemma3, EvalSettings(max_new_tokens=8, prompt_format=fmt))
+        got = evaluator.evaluate(requests, evaluator.baseline(requests, targets=True))["generation"]
+        for key in ("locality", "locality_raw", "locality_distant", "locality_argmax"):
+            assert got[key] == 1.0, (fmt, key, got[key])
+        assert got["locality_kl"] == 0.0, fmt
+    assert got["locality_empty_pre"] < 1.0  # qa: the model does answer
+
+
 @pytest.fixture(scope="module")
 def corpus():
     # hparams refuse absolute paths (they describe the method, not the machine).

@@ -460,6 +460,10 @@ def test_a_prompt_format_applies_to_every_prompt_and_is_recorded(tiny_run):
     prompts = [case["reliability"]["prompt"], *(g["prompt"] for g in case["generalization"]),
                *(x["prompt"] for x in case["locality"])]
     assert all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in prompts)
+    # The recorded protocol says what the prompts were (raw runs keep their old text).
+    generation = config["protocol"]["definitions"]["generation"]
+    assert "from the prompt in the qa format ('Question: {prompt}\\nAnswer:')" in generation
+    assert "raw prompt" not in generation
 
 
 def test_eval_every_on_a_single_step_says_what_happens(tiny_run, caplog):

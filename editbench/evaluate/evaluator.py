@@ -64,6 +64,19 @@ PROTOCOL_DEFINITIONS = {
         "score = fraction of target tokens predicted (EasyEdit-compatible)"
     ),
 }
+_RAW_PROMPT = "from the raw prompt (no chat template)"
+
+
+def protocol_definition(protocol: str, prompt_format: str = "raw") -> str:
+    """The protocol's definition as a run applies it: generation reads from the prompts in
+    the run's format (raw runs keep the text they always had, so they stay comparable)."""
+    text = PROTOCOL_DEFINITIONS[protocol]
+    if prompt_format == "raw":
+        return text
+    return text.replace(_RAW_PROMPT, f"from the prompt in the {prompt_format} format "
+                                     f"({PROMPT_FORMATS[prompt_format]})")
+
+
 TARGET_METRICS = ("reliability", "generalization")
 CASE_FORMAT = 2
 
@@ -102,7 +115,7 @@ class EvalSettings:
     def describe(self) -> dict[str, Any]:
         return {
             **asdict(self),
-            "definitions": {p: PROTOCOL_DEFINITIONS[p] for p in self.protocols},
+            "definitions": {p: protocol_definition(p, self.prompt_format) for p in self.protocols},
             "prompt_format_definition": PROMPT_FORMATS[self.prompt_format],
             "locality_definition": LOCALITY_DEFINITION,
             "case_format": CASE_FORMAT,
