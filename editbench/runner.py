@@ -37,7 +37,7 @@ from editbench.config import hparams_model_key, load_hparams
 from editbench.data import LoadedDataset, load_dataset
 from editbench.errors import EditbenchError
 from editbench.evaluate import EvalSettings, Evaluator, PreEdit, answer_checks
-from editbench.evaluate.prompts import PROMPT_FORMATS, format_request
+from editbench.evaluate.prompts import check_prompt_format, format_request
 from editbench.registry import EDITORS
 from editbench.results import RunDir, command_line, git_revision, library_versions
 
@@ -180,8 +180,7 @@ def plan_run(spec: RunSpec) -> Plan:
             "each) and evaluate between them", spec.eval_every, spec.editor, total)
     sample = _eval_sample(requests, spec.eval_sample, spec.seed)
     final_set = sample if spec.eval_sample_at == "both" else list(requests)
-    if spec.prompt_format not in PROMPT_FORMATS:
-        raise EditbenchError(f"--prompt-format {spec.prompt_format!r}: expected one of {sorted(PROMPT_FORMATS)}")
+    check_prompt_format(spec.prompt_format)
     settings = EvalSettings(protocols=tuple(spec.protocols), max_new_tokens=spec.max_new_tokens,
                             batch_size=spec.eval_batch_size, chunk_size=spec.eval_chunk_size,
                             prompt_format=spec.prompt_format)

@@ -29,7 +29,7 @@ import yaml
 from editbench.config import build_config, hparams_model_key, hparams_path, load_hparams, read_yaml
 from editbench.data import load_dataset
 from editbench.errors import EditbenchError
-from editbench.evaluate.prompts import PROMPT_FORMATS, format_request
+from editbench.evaluate.prompts import check_prompt_format, format_request
 from editbench.files import atomic_write_text, dumps, read_jsonl
 from editbench.progress import bar
 from editbench.registry import EDITORS
@@ -169,8 +169,7 @@ class Tuner:
         self.requests = reqs[-spec.num:] if spec.take == "last" else reqs[: spec.num]
         self.slice = (f"requests {len(reqs) - spec.num}-{len(reqs) - 1}" if spec.take == "last"
                       else f"requests 0-{spec.num - 1}") + f" of {len(reqs)} ({full.sha256[:12]})"
-        if spec.prompt_format not in PROMPT_FORMATS:
-            raise EditbenchError(f"--prompt-format {spec.prompt_format!r}: expected one of {sorted(PROMPT_FORMATS)}")
+        check_prompt_format(spec.prompt_format)
         fmt = "" if spec.prompt_format == "raw" else f"-{spec.prompt_format}"
         self.out = Path(spec.output or f"runs/tune-{spec.editor}-{Path(spec.model).name}-"
                         f"{Path(spec.dataset).stem}{fmt}")

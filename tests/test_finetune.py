@@ -280,6 +280,29 @@ def _roundtrip(obj):
     return torch.load(buffer, weights_only=True)
 
 
+def _checkpoint_at_boundary(handle, ed, at: int) -> tuple[list[dict], list[tuple[int, bool]]]:
+    """Hook ``ed`` so that its ``at``-th boundary saves what the runner's checkpoint holds
+    (editor state, edited tensors, torch RNG), through a save/load round trip."""
+    saved, calls = [], []
+
+    def hook(passes: int, last: bool) -> None:
+        calls.append((passes, last))
+        if len(calls) == at:
+            params = dict(handle.model.named_parameters())
+            saved.append(_roundtrip({"editor": ed.state_dict(), "rng": torch.get_rng_state(),
+                                     "weights": {n: params[n].detach().clone() for n in ed.edited_parameters()}}))
+
+    ed.set_boundary_hook(hook)
+    return saved, calls
+
+
+def _load_checkpoint(handle, ed, saved: dict) -> None:
+    ed.load_state_dict(saved["editor"])
+    with torch.no_grad():
+        for name, value in saved["weights"].items():
+            handle.model.get_parameter(name).copy_(value)
+
+
 @pytest.mark.parametrize("editor", ["locft_bf", "lora"])
 def test_breadth_first_step_resumes_from_an_epoch_boundary(editor, tiny_tokenizer):
     """A checkpoint at an epoch's end (editor state, edited tensors, torch RNG) and a fresh
@@ -296,16 +319,7 @@ def test_breadth_first_step_resumes_from_an_epoch_boundary(editor, tiny_tokenize
         return handle, LocFTBFEditor(handle, LocFTBFConfig(modules=["mlp_down@2"], **common))
 
     handle, ed = build()
-    saved, calls = [], []
-
-    def hook(passes: int, last: bool) -> None:
-        calls.append((passes, last))
-        if len(calls) == 2:
-            params = dict(handle.model.named_parameters())
-            saved.append(_roundtrip({"editor": ed.state_dict(), "rng": torch.get_rng_state(),
-                                     "weights": {n: params[n].detach().clone() for n in ed.edited_parameters()}}))
-
-    ed.set_boundary_hook(hook)
+    saved, calls = _checkpoint_at_boundary(handle, ed, 2)
     torch.manual_seed(0)
     reference = ed.edit(PADDED).info
     ref_state = {n: p.detach().clone() for n, p in handle.model.named_parameters()}
@@ -313,10 +327,7 @@ def test_breadth_first_step_resumes_from_an_epoch_boundary(editor, tiny_tokenize
     assert "in_step" in saved[0]["editor"] and "in_step" not in ed.state_dict()
 
     handle, ed = build()
-    ed.load_state_dict(saved[0]["editor"])
-    with torch.no_grad():
-        for name, value in saved[0]["weights"].items():
-            handle.model.get_parameter(name).copy_(value)
+    _load_checkpoint(handle, ed, saved[0])
     torch.set_rng_state(saved[0]["rng"])
     assert ed.edit(PADDED).info == reference
     for name, value in handle.model.named_parameters():
@@ -341,25 +352,13 @@ def test_depth_first_step_resumes_from_a_batch_boundary(tiny_tokenizer):
         return handle, RecordingEditor(handle, config)
 
     handle, ed = build()
-    saved, calls = [], []
-
-    def hook(passes: int, last: bool) -> None:
-        calls.append((passes, last))
-        if len(calls) == 2:
-            params = dict(handle.model.named_parameters())
-            saved.append(_roundtrip({"editor": ed.state_dict(),
-                                     "weights": {n: params[n].detach().clone() for n in ed.edited_parameters()}}))
-
-    ed.set_boundary_hook(hook)
+    saved, calls = _checkpoint_at_boundary(handle, ed, 2)
     reference = ed.edit(PADDED).info
     ref_state = {n: p.detach().clone() for n, p in handle.model.named_parameters()}
     assert calls == [(2, False), (2, False), (1, True)]
 
     handle, ed = build()
-    ed.load_state_dict(saved[0]["editor"])
-    with torch.no_grad():
-        for name, value in saved[0]["weights"].items():
-            handle.model.get_parameter(name).copy_(value)
+    _load_checkpoint(handle, ed, saved[0])
     assert ed.edit(PADDED).info == reference
     assert ed.batches == [[4]] * 3  # only the last batch was trained again
     for name, value in handle.model.named_parameters():

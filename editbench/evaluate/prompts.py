@@ -23,17 +23,22 @@ PROMPT_FORMATS = {
 
 
 def format_prompt(prompt: str, fmt: str, tokenizer=None) -> str:
+    check_prompt_format(fmt)
     if fmt == "raw":
         return prompt
     if fmt == "qa":
         return f"Question: {prompt.strip()}\nAnswer:"
-    if fmt == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise EditbenchError("--prompt-format chat: this tokenizer has no chat template")
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt.strip()}], tokenize=False, add_generation_prompt=True
-        )
-    raise EditbenchError(f"--prompt-format {fmt!r}: expected one of {sorted(PROMPT_FORMATS)}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise EditbenchError("--prompt-format chat: this tokenizer has no chat template")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt.strip()}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def check_prompt_format(fmt: str) -> None:
+    """One line naming the known formats when ``fmt`` is not one of them."""
+    if fmt not in PROMPT_FORMATS:
+        raise EditbenchError(f"--prompt-format {fmt!r}: expected one of {sorted(PROMPT_FORMATS)}")
 
 
 def format_request(request: EditRequest, fmt: str, tokenizer=None) -> EditRequest:
