@@ -6,6 +6,14 @@ ascending order: K = the layer's keys (mean over context templates), R = (z - h_
 (layers left), an update from the subclass's closed-form solve, applied before the next
 layer's keys and h_L are read (so later layers see the earlier layers' edits).
 
+That spreading assumes a block adds its mlp_down output to the residual stream as is. A
+Gemma 2/3 block adds post_feedforward_layernorm(mlp_down output), whose size is fixed by
+the norm's weight: a residual share is then no down_proj target, and on gemma3-270m the
+solve left the target NLL where it was (9.9 -> 10.0). ``target_space: mlp_output`` (what
+``auto`` picks where the family names an ``mlp_post_norm``) optimises one delta per edited
+layer at its mlp_down output instead, all together through the rest of the model, and asks
+each layer for its own: R_l = (m_l + delta_l) - m_l(now), with no share to divide.
+
 ``context_key_weight`` (0 = the original papers): the keys at the other positions of each
 request's own text (prompt + target, every position but the first and the key token),
 read at the layer as edited so far, enter the solve with that weight as keys whose outputs
@@ -20,7 +28,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -28,14 +36,19 @@ from editbench.api import EditRequest, EditStats
 from editbench.tokens import encode_prompt_target
 from editors._locate.base import LocateEditor, target_info
 from editors._locate.config import LocateConfig
-from editors._locate.keys import locate, read_positions
+from editors._locate.keys import Where, locate, read_positions
 from editors._locate.solve import apply_delta
-from editors._locate.targets import target_text
+from editors._locate.targets import Targets, optimize_module_targets, target_text
+
+TargetSpace = Literal["auto", "residual", "mlp_output"]
 
 
 @dataclass
 class MultiLayerConfig(LocateConfig):
     context_key_weight: float = 0.0
+    # residual: the papers' z at the last edited block; mlp_output: one target per edited
+    # layer's mlp_down output; auto: mlp_output where the block normalises the MLP output.
+    target_space: TargetSpace = "auto"
 
     def validate(self) -> None:
         super().validate()
@@ -43,8 +56,29 @@ class MultiLayerConfig(LocateConfig):
             raise ValueError(f"context_key_weight: expected a number >= 0, got {self.context_key_weight}")
 
 
+@dataclass(frozen=True)
+class LayerGoal:
+    """What one edited layer is asked for: ``wanted`` [n, d] of the output (or input) of
+    module ``read`` at the key token of the bare prompt, times ``share`` of the gap."""
+
+    read: str
+    where: Where
+    wanted: torch.Tensor
+    share: float
+
+
+def resolve_target_space(space: str, handle) -> str:
+    if space != "auto":
+        return space
+    return "mlp_output" if "mlp_post_norm" in handle.preset.templates else "residual"
+
+
 class MultiLayerEditor(LocateEditor):
     config: MultiLayerConfig
+
+    def __init__(self, handle, config: MultiLayerConfig) -> None:
+        super().__init__(handle, config)
+        self.target_space = resolve_target_space(config.target_space, handle)
 
     @abstractmethod
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor,
@@ -56,20 +90,38 @@ class MultiLayerEditor(LocateEditor):
     def record_keys(self, layer: int, K: torch.Tensor) -> None:
         """Remember this step's final keys at ``layer`` for later steps."""
 
+    def goals(self, requests: Sequence[EditRequest]) -> tuple[Targets, list[LayerGoal]]:
+        """The optimised targets and, per edited layer (ascending), what it is asked for."""
+        layers = list(self.config.layers)
+        if self.target_space == "residual":
+            z_module = self.handle.module_name("block", layers[-1])
+            tg = self.targets(requests, z_module)
+            z = tg.h_bare + tg.delta
+            return tg, [LayerGoal(z_module, "output", z, 1.0 / (len(layers) - i))
+                        for i in range(len(layers))]
+        names = [self.module_names[layer] for layer in layers]
+        tg = optimize_module_targets(self.handle, requests, self.templates, names, self.config)
+        return tg, [LayerGoal(*self.mlp_output_reader(layer), tg.h_bare[:, i] + tg.delta[:, i], 1.0)
+                    for i, layer in enumerate(layers)]
+
+    def mlp_output_reader(self, layer: int) -> tuple[str, Where]:
+        """A module whose input (the post-MLP norm) or output (the MLP) is the mlp_down
+        output, so it can be read in the same pass as the mlp_down input."""
+        if "mlp_post_norm" in self.handle.preset.templates:
+            return self.handle.module_name("mlp_post_norm", layer), "input"
+        return self.handle.module_name("mlp", layer), "output"
+
     def edit(self, requests: Sequence[EditRequest]) -> EditStats:
         cfg = self.config
-        layers = list(cfg.layers)
-        z_module = self.handle.module_name("block", layers[-1])
-        tg = self.targets(requests, z_module)
-        zs = tg.h_bare + tg.delta
+        tg, goals = self.goals(requests)
         per_layer: list[dict[str, Any]] = []
         context = self.context_positions(requests) if cfg.context_key_weight > 0 else None
-        for i, layer in enumerate(layers):
-            got = self.mean_keys(requests, extra={z_module: "output"}, layer=layer)
+        for layer, goal in zip(cfg.layers, goals, strict=True):
+            got = self.mean_keys(requests, extra={goal.read: goal.where}, layer=layer)
             W = self.weight(layer)
             K = got[self.module_names[layer]].to(W.device).T  # [in, n]
-            cur = got[z_module].to(zs.device)
-            R = ((zs - cur) / (len(layers) - i)).to(W.device).T  # [out, n]
+            cur = got[goal.read].to(goal.wanted.device)
+            R = ((goal.wanted - cur) * goal.share).to(W.device).T  # [out, n]
             keep = None
             if context is not None:
                 Kc = self.context_keys(context, layer).to(W.device).double()
@@ -83,7 +135,7 @@ class MultiLayerEditor(LocateEditor):
                 "update_norm": round(float(delta.norm()), 5),
                 "fit": round(float((delta @ K.double() - R.double()).norm() / R.double().norm().clamp_min(1e-12)), 5),
             })
-        info = {**target_info(tg), "layers": per_layer}
+        info = {**target_info(tg), "target_space": self.target_space, "layers": per_layer}
         if self.stats_info:
             info["stats"] = self.stats_info
             self.stats_info = {}

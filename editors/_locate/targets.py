@@ -1,15 +1,16 @@
 """The target-vector optimisation shared by ROME (delta at one MLP output) and MEMIT /
-AlphaEdit (z at the last edited layer's residual stream).
+AlphaEdit (z at the last edited layer's residual stream, or one delta per edited layer's
+MLP output where the block normalises that output: see ``editors/_locate/batch.py``).
 
-For every request a vector delta is added to the output of ``insert_module`` at the key
+For every request a vector delta is added to the output of each insert module at the key
 token of each rewriting prompt (context template + prompt, followed by the target) and of
-the KL prompt "{subject} is a". It minimises
+the KL prompt "{subject} is a". The deltas minimise
 
     NLL(target | rewriting prompts) + kl_factor * KL(p_now || p_before) on the KL prompt
-    + v_weight_decay * |delta| / |h0|^2
+    + v_weight_decay * sum over modules of |delta| / |h0|^2
 
-with Adam, and after every step |delta| is clamped to clamp_norm_factor * |h0| (h0: the
-module's output at the bare prompt). Requests are optimised together in mini-batches, each
+with Adam, and after every step each |delta| is clamped to clamp_norm_factor * |h0| (h0:
+that module's output at the bare prompt). Requests are optimised together in mini-batches, each
 with its own delta; a request stops moving once its loss is below ``v_loss_threshold``
 (per-request early stop, as the originals do one request at a time).
 """
@@ -41,8 +42,8 @@ KL_PROMPT = "{} is a"
 class Targets:
     """Per request: the optimised delta and the module outputs it is added to."""
 
-    delta: torch.Tensor  # [n, d]
-    h_bare: torch.Tensor  # [n, d] output at the key token of the bare prompt (no delta)
+    delta: torch.Tensor  # [n, d], or [n, modules, d] from ``optimize_module_targets``
+    h_bare: torch.Tensor  # the same shape: output at the key token of the bare prompt (no delta)
     final_loss: list[float]
     steps: int
     subject_missing: int
@@ -76,11 +77,11 @@ def rewriting_items(tokenizer, request: EditRequest, templates: Sequence[str], c
 
 
 class _AddAt:
-    """Forward hook adding ``delta[group[row]]`` to the output at ``(row, position)``."""
+    """Forward hook adding ``delta[group[row], slot]`` to the output at ``(row, position)``."""
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, group: torch.Tensor) -> None:
-        self.rows, self.cols, self.group = rows, cols, group
-        self.delta: torch.Tensor | None = None
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, group: torch.Tensor, slot: int) -> None:
+        self.rows, self.cols, self.group, self.slot = rows, cols, group, slot
+        self.delta: torch.Tensor | None = None  # [n, modules, d]
         self.seen: torch.Tensor | None = None
 
     def __call__(self, module, args, output):
@@ -90,7 +91,7 @@ class _AddAt:
         self.seen = h[rows, cols].detach().float()
         if self.delta is None:
             return output
-        values = self.delta.to(dev)[self.group.to(dev)].to(h.dtype)
+        values = self.delta[:, self.slot].to(dev)[self.group.to(dev)].to(h.dtype)
         h = h.index_put((rows, cols), values, accumulate=True)
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
@@ -101,11 +102,25 @@ def optimize_targets(
     templates: Sequence[str],
     insert_module: str,
     cfg: LocateConfig,
-    desc: str = "targets",
 ) -> Targets:
-    """Optimise one delta per request at ``insert_module``'s output (see module docstring)."""
+    """Optimise one delta per request at ``insert_module``'s output (see module docstring):
+    ``delta`` and ``h_bare`` are [n, d]."""
+    tg = optimize_module_targets(handle, requests, templates, [insert_module], cfg)
+    tg.delta, tg.h_bare = tg.delta[:, 0], tg.h_bare[:, 0]
+    return tg
+
+
+def optimize_module_targets(
+    handle,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    insert_modules: Sequence[str],
+    cfg: LocateConfig,
+) -> Targets:
+    """Optimise one delta per request and module, all modules together: ``delta`` and
+    ``h_bare`` are [n, modules, d] (the modules' outputs must share their width)."""
     parts = [
-        _optimize_batch(handle, requests[i : i + cfg.v_batch_size], templates, insert_module, cfg)
+        _optimize_batch(handle, requests[i : i + cfg.v_batch_size], templates, insert_modules, cfg)
         for i in range(0, len(requests), cfg.v_batch_size)
     ]
     return Targets(
@@ -117,7 +132,7 @@ def optimize_targets(
     )
 
 
-def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfig) -> Targets:
+def _optimize_batch(handle, requests, templates, insert_modules, cfg: LocateConfig) -> Targets:
     tok, model = handle.tokenizer, handle.model
     n, t = len(requests), len(templates)
     items, positions, kl_locs, missing = [], [], [], 0
@@ -133,12 +148,12 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
     rows = torch.arange(n * t + n)
     cols = torch.tensor(positions + [k.position for k in kl_locs])
     group = torch.cat([torch.arange(n).repeat_interleave(t), torch.arange(n)])
-    hook = _AddAt(rows, cols, group)
+    hooks = [_AddAt(rows, cols, group, slot) for slot in range(len(insert_modules))]
 
     device = handle.input_device
     ids, mask = ids.to(device), mask.to(device)
-    module = model.get_submodule(insert_module)
-    handle_ = module.register_forward_hook(hook)
+    handles = [model.get_submodule(name).register_forward_hook(hook)
+               for name, hook in zip(insert_modules, hooks, strict=True)]
     tgt_rows = batch.rows.to(device)
     tgt_cols = batch.cols.to(device)
     labels = batch.labels
@@ -164,18 +179,19 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
                 output_logits(model, hidden[kl_rows, kl_cols]).float(), -1
             )
             if delta is None:
-                seen = hook.seen
-                h_bare = seen[: n * t].view(n, t, -1)[:, 0].clone()
+                # [n, modules, d]: each module's output at the bare prompt (template 0)
+                h_bare = torch.stack([h.seen[: n * t].view(n, t, -1)[:, 0] for h in hooks], 1)
                 kl_init = kl_logp.detach()
                 delta = torch.zeros_like(h_bare, requires_grad=True)
-                hook.delta = delta
+                for h in hooks:
+                    h.delta = delta
                 opt = torch.optim.Adam([delta], lr=cfg.v_lr)
                 # delta = 0 in this pass: recompute nothing, the loss is the initial one.
                 kl_r = torch.zeros(n, device=nll_r.device)
             else:
                 kl_r = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
             h_norm2 = h_bare.to(delta.device).norm(dim=-1) ** 2
-            wd_r = cfg.v_weight_decay * delta.norm(dim=-1) / h_norm2
+            wd_r = cfg.v_weight_decay * (delta.norm(dim=-1) / h_norm2).sum(-1)
             loss_r = nll_r.to(delta.device) + cfg.kl_factor * kl_r.to(delta.device) + wd_r
             losses = loss_r.detach().cpu()
             active &= losses >= cfg.v_loss_threshold
@@ -194,7 +210,8 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
                 scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), 1.0)
                 delta.mul_(scale.unsqueeze(-1))
     finally:
-        handle_.remove()
+        for h in handles:
+            h.remove()
     assert delta is not None and h_bare is not None
     return Targets(
         delta=delta.detach(),
@@ -203,6 +220,7 @@ def _optimize_batch(handle, requests, templates, insert_module, cfg: LocateConfi
         steps=steps,
         subject_missing=missing,
     )
+
 
 
 def describe(targets: Targets) -> dict[str, Any]:
