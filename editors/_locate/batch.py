@@ -73,6 +73,17 @@ def resolve_target_space(space: str, handle) -> str:
     return "mlp_output" if "mlp_post_norm" in handle.preset.templates else "residual"
 
 
+def nearest_on_ray(wanted: torch.Tensor, now: torch.Tensor, floor: float = 0.25) -> torch.Tensor:
+    """The point c * wanted (c > 0) nearest ``now``, row by row: an RMS norm after the MLP
+    maps every such point to the same output, so the solve need not move the weights
+    further than that. c is kept >= ``floor`` * |now| / |wanted| (a target pointing away from
+    ``now`` would otherwise shrink towards 0, where the norm's eps decides)."""
+    w2 = (wanted * wanted).sum(-1, keepdim=True).clamp_min(1e-12)
+    c = (wanted * now).sum(-1, keepdim=True) / w2
+    c = torch.maximum(c, floor * now.norm(dim=-1, keepdim=True) / w2.sqrt())
+    return c * wanted
+
+
 class MultiLayerEditor(LocateEditor):
     config: MultiLayerConfig
 
@@ -101,7 +112,10 @@ class MultiLayerEditor(LocateEditor):
                         for i in range(len(layers))]
         names = [self.module_names[layer] for layer in layers]
         tg = optimize_module_targets(self.handle, requests, self.templates, names, self.config)
-        return tg, [LayerGoal(*self.mlp_output_reader(layer), tg.h_bare[:, i] + tg.delta[:, i], 1.0)
+        wanted = tg.h_bare + tg.delta
+        if "mlp_post_norm" in self.handle.preset.templates:
+            wanted = nearest_on_ray(wanted, tg.h_bare)
+        return tg, [LayerGoal(*self.mlp_output_reader(layer), wanted[:, i], 1.0)
                     for i, layer in enumerate(layers)]
 
     def mlp_output_reader(self, layer: int) -> tuple[str, Where]:
