@@ -12,7 +12,8 @@ the norm's weight: a residual share is then no down_proj target, and on gemma3-2
 solve left the target NLL where it was (9.9 -> 10.0). ``target_space: mlp_output`` (what
 ``auto`` picks where the family names an ``mlp_post_norm``) optimises one delta per edited
 layer at its mlp_down output instead, all together through the rest of the model, and asks
-each layer for its own: R_l = (m_l + delta_l) - m_l(now), with no share to divide.
+each layer for its own: R_l = w_l - m_l(now), with no share to divide, where w_l is the
+point on the ray of m_l + delta_l nearest m_l (the norm gives the whole ray one output).
 
 ``context_key_weight`` (0 = the original papers): the keys at the other positions of each
 request's own text (prompt + target, every position but the first and the key token),
@@ -67,10 +68,15 @@ class LayerGoal:
     share: float
 
 
+def has_mlp_post_norm(handle) -> bool:
+    """Whether the model's blocks normalise the MLP output before the residual add."""
+    return "mlp_post_norm" in handle.preset.templates
+
+
 def resolve_target_space(space: str, handle) -> str:
     if space != "auto":
         return space
-    return "mlp_output" if "mlp_post_norm" in handle.preset.templates else "residual"
+    return "mlp_output" if has_mlp_post_norm(handle) else "residual"
 
 
 def nearest_on_ray(wanted: torch.Tensor, now: torch.Tensor, floor: float = 0.25) -> torch.Tensor:
@@ -113,7 +119,7 @@ class MultiLayerEditor(LocateEditor):
         names = [self.module_names[layer] for layer in layers]
         tg = optimize_module_targets(self.handle, requests, self.templates, names, self.config)
         wanted = tg.h_bare + tg.delta
-        if "mlp_post_norm" in self.handle.preset.templates:
+        if has_mlp_post_norm(self.handle):
             wanted = nearest_on_ray(wanted, tg.h_bare)
         return tg, [LayerGoal(*self.mlp_output_reader(layer), wanted[:, i], 1.0)
                     for i, layer in enumerate(layers)]
@@ -121,7 +127,7 @@ class MultiLayerEditor(LocateEditor):
     def mlp_output_reader(self, layer: int) -> tuple[str, Where]:
         """A module whose input (the post-MLP norm) or output (the MLP) is the mlp_down
         output, so it can be read in the same pass as the mlp_down input."""
-        if "mlp_post_norm" in self.handle.preset.templates:
+        if has_mlp_post_norm(self.handle):
             return self.handle.module_name("mlp_post_norm", layer), "input"
         return self.handle.module_name("mlp", layer), "output"
 
