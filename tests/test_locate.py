@@ -262,6 +262,29 @@ def test_corrupt_cache_is_recomputed(tiny_llama, corpus_file, stats_cache):
     assert info["computed"] == names
 
 
+def test_self_generated_corpus_is_sampled_once(tiny_llama, stats_cache, caplog):
+    """A second set of modules reads the cached samples: the same statistics as sampling
+    afresh; a corrupt text file is sampled again, never used."""
+    first, second = (tiny_llama.module_name("mlp_down", i) for i in (0, 1))
+    corpus = resolve_corpus("self", seed=2)
+    _, info = second_moments(tiny_llama, [first], corpus, 200, seq_len=16, batch_size=4)
+    assert info["self_text"] == "sampled"
+    (text_file,) = stats_cache.glob("selftext-*.json")
+    cached, info = second_moments(tiny_llama, [second], corpus, 200, seq_len=16, batch_size=4)
+    assert info["self_text"] == "cached" and info["computed"] == [second]
+    fresh, _ = compute_second_moments(tiny_llama, [second], corpus, 200, seq_len=16, batch_size=4)
+    torch.testing.assert_close(cached[second], fresh[second])
+    payload = json.loads(text_file.read_text())
+    payload["texts"][0] += " tampered"
+    text_file.write_text(json.dumps(payload))
+    third = tiny_llama.module_name("mlp_down", 2)
+    with caplog.at_level("WARNING"):
+        again, info = second_moments(tiny_llama, [third], corpus, 200, seq_len=16, batch_size=4)
+    assert info["self_text"] == "sampled" and "does not match" in caplog.text
+    fresh, _ = compute_second_moments(tiny_llama, [third], corpus, 200, seq_len=16, batch_size=4)
+    torch.testing.assert_close(again[third], fresh[third])
+
+
 def test_self_generated_corpus_is_seeded(tiny_llama):
     a = resolve_corpus("self", seed=3)
     assert a.identity == resolve_corpus("self", seed=3).identity != resolve_corpus("self", 4).identity

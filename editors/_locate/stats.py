@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +60,21 @@ class Corpus:
     identity: str
     path: Path | None = None
     seed: int = 0
+    samples: tuple[str, ...] | None = field(default=None, compare=False)  # read back from the cache
+    record: list[str] | None = field(default=None, compare=False)  # collects what a self-generated corpus yields, to cache it
 
     def texts(self, handle, num_tokens: int, seq_len: int) -> Iterator[str]:
-        if self.kind == "file":
+        if self.samples is not None:
+            yield from self.samples
+        elif self.kind == "file":
             yield from _file_texts(self.path)
         elif self.kind == "hf":
             yield from _hf_texts(self.spec)
         else:
-            yield from _self_texts(handle, num_tokens, seq_len, self.seed)
+            for text in _self_texts(handle, num_tokens, seq_len, self.seed):
+                if self.record is not None:
+                    self.record.append(text)
+                yield text
 
 
 def resolve_corpus(spec: str, seed: int = 0) -> Corpus:
@@ -203,6 +210,42 @@ def load_cached(path: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, dict[st
     return payload["tensor"], payload.get("extra", {})
 
 
+def self_text_path(root: Path, req: StatsRequest) -> tuple[Path, dict[str, Any]]:
+    """Where the text a self-generated corpus sampled from this model is kept (it depends on
+    the model, its weights, the seed and the budget, not on the module or the dtype)."""
+    meta = {"version": CACHE_VERSION, "kind": "selftext", "module": "corpus", "model": req.model,
+            "weights": req.weights, "corpus": req.corpus, "tokens": req.tokens,
+            "seq_len": req.seq_len}
+    return cache_path(root, meta).with_suffix(".json"), meta
+
+
+def _texts_sha256(texts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()
+
+
+def save_self_texts(path: Path, meta: dict[str, Any], texts: Sequence[str]) -> None:
+    payload = {"meta": meta, "sha256": _texts_sha256(texts), "texts": list(texts)}
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload), encoding="utf-8"))
+
+
+def load_self_texts(path: Path, meta: dict[str, Any]) -> tuple[str, ...] | None:
+    """The cached samples if ``path`` holds exactly ``meta`` and intact text; else None."""
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        texts = payload["texts"]
+        ok = (payload.get("meta") == meta and isinstance(texts, list)
+              and all(isinstance(t, str) for t in texts) and _texts_sha256(texts) == payload.get("sha256"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("self-generated corpus cache %s unreadable (%s): sampling again", path, exc)
+        return None
+    if not ok:
+        log.warning("self-generated corpus cache %s does not match (stale or corrupt): sampling again", path)
+        return None
+    return tuple(texts)
+
+
 def _batches(handle, corpus: Corpus, num_tokens: int, seq_len: int, batch_size: int):
     """Right-padded batches of token ids, length-sorted within windows to limit padding."""
     tok = handle.tokenizer
@@ -318,9 +361,16 @@ def second_moments(
                             "corpus": corpus.identity, "tokens": num_tokens}
     if missing:
         t0 = time.perf_counter()
+        text_path, text_meta = self_text_path(root, req) if corpus.kind == "self" else (None, None)
+        if text_path is not None:
+            samples = load_self_texts(text_path, text_meta)
+            corpus = replace(corpus, samples=samples, record=[] if samples is None else None)
+            info["self_text"] = "cached" if samples is not None else "sampled"
         computed, count = compute_second_moments(
             handle, missing, corpus, num_tokens, seq_len, batch_size, dtype
         )
+        if corpus.record:
+            save_self_texts(text_path, text_meta, corpus.record)
         info["seconds"] = round(time.perf_counter() - t0, 2)
         info["tokens_seen"] = count
         for name, mat in computed.items():
