@@ -332,13 +332,18 @@ class Tuner:
             f"{hparams_model_key(self.spec.model)}.yaml"
         raw = read_yaml(self.source) if self.source.is_file() else {}
         raw.pop("seed", None)
-        for key, value in chosen["overrides"].items():
+        # The --set values were part of every point: the YAML keeps them, or the table in
+        # its comment would describe settings it does not hold.
+        fixed = {k: v for k, v in self.spec.overrides.items() if k != "seed"}
+        for key, value in {**fixed, **chosen["overrides"]}.items():
             raw[key] = value
         build_config(self.editor_cls.config_class, raw, f"{path} (tuned)")  # still valid
+        with_set = "".join(f" --set {k}={v}" for k, v in fixed.items())
         lines = [
             f"# {self.spec.editor} on {self.spec.model}: location and lr from `editbench tune` on "
             f"{self.spec.dataset} {self.slice},",
-            f"# generation protocol, prompt format {self.spec.prompt_format}, {self.rule()}.",
+            f"# generation protocol, prompt format {self.spec.prompt_format}, {self.rule()}"
+            + (f",\n# with{with_set}." if with_set else "."),
             *(f"#   {line}" for line in format_table(rows, chosen).splitlines()),
             "# " + ("chosen: " if meets else "no point met the rule; chosen (closest): ")
             + chosen["location"],

@@ -44,7 +44,7 @@ def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
     args = ["tune", "--editor", "locft_bf", "--model", str(model_dir), "--hparams", str(hparams),
             "--dataset", str(data), "--num", "3", "--layers", "1,3", "--lr-factors", "2",
             "--constraint", "locality>=0.0", "--max-new-tokens", "4", "--device", "cpu",
-            "--output", str(out), "--write", str(written)]
+            "--set", "epochs=3", "--output", str(out), "--write", str(written)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "tune.jsonl").read_text().splitlines()]
@@ -58,6 +58,7 @@ def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
     tuned = yaml.safe_load(text)
     for key, value in chosen["overrides"].items():
         assert tuned[key] == value
+    assert tuned["epochs"] == 3 and "# with --set epochs=3." in text  # what every point ran with
     # Run again: every point is read back, nothing is recomputed.
     assert main(args) == 0
     assert len((out / "tune.jsonl").read_text().splitlines()) == len(rows)
