@@ -17,6 +17,7 @@ Points are appended to ``OUTPUT/tune.jsonl`` as they finish, so a killed sweep r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import time
@@ -259,7 +260,13 @@ class Tuner:
         return {"editor": spec.editor, "model": spec.model, "hparams": str(self.source),
                 "slice": f"{spec.dataset} {self.slice}", "target": spec.target, "seed": spec.seed,
                 "overrides": spec.overrides, "prompt_format": spec.prompt_format,
-                "max_new_tokens": spec.max_new_tokens}
+                "max_new_tokens": spec.max_new_tokens, "settings": self._settings_digest()}
+
+    def _settings_digest(self) -> str:
+        """The base settings every point starts from: the hparams path alone would let a sweep
+        resume on a file it has since rewritten with its pick (a silently mixed table)."""
+        text = dumps(dataclasses.asdict(self.base))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _check_sweep_folder(self, write: bool = False) -> None:
         """A sweep resumes only its own points: a folder of another sweep is refused
@@ -274,6 +281,10 @@ class Tuner:
             if not isinstance(found, dict):
                 found = {}
             diff = [k for k in identity if found.get(k) != identity[k]]
+            if diff == ["settings"]:
+                raise EditbenchError(
+                    f"{path}: the sweep ran from other settings than {self.source} holds now (the tune "
+                    "may have written its pick there); pass the original with --hparams, or another --output")
             if diff:
                 raise EditbenchError(
                     f"{path}: the folder holds another sweep ({diff[0]}: {found.get(diff[0])!r}, "

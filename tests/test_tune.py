@@ -67,6 +67,13 @@ def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
     assert main([*args, "--prompt-format", "qa"]) == 2
     err = capsys.readouterr().err
     assert "holds another sweep (prompt_format: 'raw', this one: 'qa')" in err and err.count("\n") == 1
+    # The tune's own pick written over its base file: resuming from it is refused, since its
+    # points ran from the settings the file held before.
+    assert main([*args[:-1], str(hparams)]) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ran from other settings than" in err and str(hparams) in err and err.count("\n") == 1
 
 
 def test_tune_applies_the_prompt_format_to_every_prompt(tiny_run, capsys, monkeypatch):
