@@ -281,7 +281,7 @@ class Tuner:
             if not isinstance(found, dict):
                 found = {}
             diff = [k for k in identity if found.get(k) != identity[k]]
-            if diff == ["settings"]:
+            if diff == ["settings"] and "settings" in found:
                 raise EditbenchError(
                     f"{path}: the sweep ran from other settings than {self.source} holds now (the tune "
                     "may have written its pick there); pass the original with --hparams, or another --output")

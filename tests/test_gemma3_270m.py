@@ -5,9 +5,8 @@ and global attention layers, scaled embeddings, a 262K vocabulary), that editben
 generation and logits path give the model's answers, and that every editor family runs one
 edit on it and moves the model towards the new target (MEMIT and AlphaEdit through their
 ``mlp_output`` target space: a Gemma block normalises the MLP output, see
-tests/test_locate_residual.py). The edit's quality is not asserted: the LoRA hparams are
-still a start point mapped from smollm2's by relative depth, and the tuned ones were
-chosen on a zsRE slice, not on this test's request. The
+tests/test_locate_residual.py). The edit's quality is not asserted: the hparams were
+tuned on a zsRE slice, not on this test's request. The
 locate-then-edit statistics use a few thousand tokens of the shared Wikipedia corpus
 (cached per machine after the first run).
 """
