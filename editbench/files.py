@@ -64,6 +64,13 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=json_default, ensure_ascii=False, allow_nan=False)
 
 
+def json_digest(obj: Any, length: int | None = None, default: Any = None) -> str:
+    """SHA-256 of ``obj`` as sorted-key JSON: the identity of a configuration (resume checks,
+    comparability keys, caches), independent of key order."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode()).hexdigest()
+    return digest[:length] if length else digest
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     text = json.dumps(obj, default=json_default, indent=2, ensure_ascii=False, allow_nan=False)
     atomic_write_text(path, text + "\n")

@@ -13,7 +13,6 @@ evaluator adds later is a selectable column at once.
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
+from editbench.files import json_digest
 from editbench.results import RunDir
 
 # Only the default choice and order of columns; every metric a run reports is selectable.
@@ -162,7 +162,7 @@ def point_metrics(results: dict[str, Any], protocol: str) -> dict[str, float]:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return json_digest(obj, 8, default=str)
 
 
 def user_settings(config: dict[str, Any]) -> dict[str, Any]:

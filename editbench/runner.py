@@ -38,6 +38,7 @@ from editbench.data import LoadedDataset, load_dataset
 from editbench.errors import EditbenchError
 from editbench.evaluate import EvalSettings, Evaluator, PreEdit, answer_checks
 from editbench.evaluate.prompts import check_prompt_format, format_request
+from editbench.files import json_digest
 from editbench.registry import EDITORS
 from editbench.results import RunDir, command_line, git_revision, library_versions
 
@@ -365,7 +366,7 @@ def resume_identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fingerprint(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(resume_identity(config), sort_keys=True).encode()).hexdigest()
+    return json_digest(resume_identity(config))
 
 
 def _check_resumable(out: RunDir, config: dict[str, Any]) -> None:

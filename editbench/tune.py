@@ -17,7 +17,6 @@ Points are appended to ``OUTPUT/tune.jsonl`` as they finish, so a killed sweep r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import time
@@ -31,7 +30,7 @@ from editbench.config import build_config, hparams_model_key, hparams_path, load
 from editbench.data import load_dataset
 from editbench.errors import EditbenchError
 from editbench.evaluate.prompts import check_prompt_format, format_request
-from editbench.files import atomic_write_text, dumps, read_jsonl
+from editbench.files import atomic_write_text, dumps, json_default, json_digest, read_jsonl
 from editbench.progress import bar
 from editbench.registry import EDITORS
 
@@ -265,8 +264,7 @@ class Tuner:
     def _settings_digest(self) -> str:
         """The base settings every point starts from: the hparams path alone would let a sweep
         resume on a file it has since rewritten with its pick (a silently mixed table)."""
-        text = dumps(dataclasses.asdict(self.base))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json_digest(dataclasses.asdict(self.base), 16, default=json_default)
 
     def _check_sweep_folder(self, write: bool = False) -> None:
         """A sweep resumes only its own points: a folder of another sweep is refused

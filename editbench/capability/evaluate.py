@@ -18,7 +18,7 @@ from typing import Any
 from editbench.capability import scoring
 from editbench.capability.spec import Suite, TaskSpec, read_records, resolve_data, split
 from editbench.errors import EditbenchError
-from editbench.files import atomic_write_json
+from editbench.files import atomic_write_json, json_digest
 from editbench.progress import bar
 from editbench.resources import cache_dir
 
@@ -236,7 +236,7 @@ def cache_key(handle, suite: Suite, settings: CapabilitySettings) -> str:
         "data": _data_digest(suite, settings),
         "settings": settings.key(),
     }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    return json_digest(ident, 24)
 
 
 def cached_pre_edit(handle, suite: Suite, settings: CapabilitySettings | None = None) -> tuple[dict[str, Any], bool]:
