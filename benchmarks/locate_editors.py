@@ -34,7 +34,7 @@ from editbench.data import load_dataset
 from editbench.evaluate import EvalSettings, Evaluator
 from editbench.models import load_model
 from editbench.registry import EDITORS
-from editbench.runner import edit_and_evaluate
+from editbench.run import edit_and_evaluate
 from editors._locate.stats import compute_second_moments, resolve_corpus
 
 

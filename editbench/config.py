@@ -38,8 +38,15 @@ def hparams_model_key(model: str) -> str:
     return Path(model.rstrip("/\\")).name or model
 
 
-def hparams_path(editor: str, model: str) -> Path:
-    return hparams_root() / editor / f"{model}.yaml"
+def hparams_name(editor: str, model: str) -> Path:
+    """The one naming rule: ``<editor>/<model>.yaml``, where ``<model>`` is the preset name,
+    or the last part of a Hugging Face id or a local folder."""
+    return Path(editor) / f"{hparams_model_key(model)}.yaml"
+
+
+def hparams_for(editor: str, model: str) -> Path:
+    """The hparams file a run of ``editor`` on ``model`` reads by default."""
+    return hparams_root() / hparams_name(editor, model)
 
 
 def available_hparams(editor: str) -> list[str]:
@@ -223,17 +230,19 @@ def load_hparams(
     path: str | Path | None = None,
     data_dir: str | None = None,
 ) -> tuple[EditorConfig, dict[str, Any]]:
-    """Resolve an editor's hparams: the YAML file, then ``--set`` overrides, then relative
-    data paths (see :func:`resolve_data_paths`).
+    """Resolve an editor's hparams: the YAML file (``path``, or :func:`hparams_for` the
+    model), then ``--set`` overrides, then relative data paths (see
+    :func:`resolve_data_paths`).
 
     Returns the typed config and the resolved mapping (written into ``config.json``).
     """
-    file = Path(path) if path is not None else hparams_path(editor, model)
+    file = Path(path) if path is not None else hparams_for(editor, model)
     if not file.is_file():
         known = available_hparams(editor)
+        key = hparams_model_key(model)
         raise ConfigError(
-            f"no hparams for editor {editor!r} and model {model!r} (looked for {file})"
-            f"{did_you_mean(model, known)}; available: {', '.join(known) or 'none'}; "
+            f"no hparams for editor {editor!r} and model {key!r} (looked for {file})"
+            f"{did_you_mean(key, known)}; available: {', '.join(known) or 'none'}; "
             "pass --hparams FILE for another model"
         )
     raw = read_yaml(file)

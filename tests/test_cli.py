@@ -10,8 +10,8 @@ from conftest import RECORDS, write_tiny_project
 from editbench.api import EditbenchError
 from editbench.cli import main
 from editbench.files import atomic_write_json
-from editbench.leaderboard import tables
-from editbench.results import JsonlStream
+from editbench.report.leaderboard import tables
+from editbench.run.rundir import JsonlStream
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ class _Interrupt(Exception):
 
 def test_interrupted_run_resumes_to_the_same_result(setup, monkeypatch):
     """A run killed after its first step and resumed equals an uninterrupted run."""
-    from editbench.runner import RunSpec, run
+    from editbench.run import RunSpec, run
     from editors.locft_bf import LocFTBFEditor
 
     tmp, model_dir, data, hparams = setup

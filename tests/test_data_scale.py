@@ -396,7 +396,7 @@ def test_synthetic_dataset_by_name(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_synthetic_is_marked_in_config_json(tiny_run: tuple, tmp_path: Path) -> None:
-    from editbench.runner import RunSpec, run
+    from editbench.run import RunSpec, run
 
     _, model_dir, _, hparams = tiny_run
     out = tmp_path / "syn"

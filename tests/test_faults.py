@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from editbench.results import RunDir
+from editbench.run.rundir import RunDir
 
 TRIALS = int(os.environ.get("EDITBENCH_FAULT_TRIALS", "8"))
 # (point, how many times a run reaches it): 6 requests, 2 protocols, steps of 2 requests,
@@ -40,7 +40,7 @@ POINTS = [("baseline-record", 12), ("step", 3), ("boundary", 9), ("checkpoint-wr
 # Listed as often as each should be drawn: kills inside the step most.
 ONE_STEP_POINTS = [("train-batch", 24)] * 3 + [("boundary", 4), ("checkpoint-write", 4)] + [
     ("case-record", 12)] * 2
-_PRELOAD = ["editbench.cli", "editbench.runner", "editbench.models", "editbench.evaluate",
+_PRELOAD = ["editbench.cli", "editbench.run", "editbench.models", "editbench.evaluate",
             "editors.locft_bf", "transformers.modeling_utils",
             "transformers.models.llama.modeling_llama", "transformers.tokenization_utils_fast"]
 

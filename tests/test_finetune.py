@@ -9,7 +9,7 @@ from torch import nn
 from editbench.api import EditbenchError, EditRequest
 from editbench.evaluate import EvalSettings, Evaluator
 from editbench.evaluate.generation import generate_answers
-from editbench.runner import edit_and_evaluate
+from editbench.run import edit_and_evaluate
 from editbench.tokens import collate_targets, encode_prompt_target, target_logits
 from editors._finetune import FinetuneConfig, FinetuneEditor, target_loss
 from editors.ft_m import FTMConfig, FTMEditor

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SHARED_DATA, shared_file
 from editbench.cli import main
-from editbench.runner import RunSpec, run
+from editbench.run import RunSpec, run
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,8 +16,8 @@ import pytest
 
 from editbench.cli import main
 from editbench.errors import EditbenchError
-from editbench.leaderboard import JSON_SCHEMA, Table, build, collect, render, tables
-from editbench.results import RunDir
+from editbench.report.leaderboard import JSON_SCHEMA, Table, build, collect, render, tables
+from editbench.run.rundir import RunDir
 
 
 def metrics_of(path: Path) -> dict:

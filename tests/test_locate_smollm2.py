@@ -21,7 +21,7 @@ from editbench.config import load_hparams
 from editbench.data import load_dataset
 from editbench.evaluate import EvalSettings, Evaluator
 from editbench.registry import EDITORS
-from editbench.runner import edit_and_evaluate
+from editbench.run import edit_and_evaluate
 
 pytestmark = pytest.mark.integration
 

@@ -37,9 +37,9 @@ def test_wheel_contents(wheel):
         "editbench/capability/suites/default.yaml",
         "editbench/capability/tasks/default_knowledge.yaml",
         "editbench/_bundled/datasets/capability/default/general_knowledge.jsonl",
-        "editbench/grids/smoke.yaml",
-        "editbench/grids/paper-table3.yaml",
-        "editbench/schemas/leaderboard.schema.json",
+        "editbench/run/grids/smoke.yaml",
+        "editbench/run/grids/paper-table3.yaml",
+        "editbench/report/schemas/leaderboard.schema.json",
     ):
         assert required in names, required
     assert not any(n.startswith("datasets/") for n in names), "would shadow HF datasets"
@@ -60,7 +60,7 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
         f"assert editbench.__file__.startswith({str(target)!r}), editbench.__file__;"
         "main(['hparams', '--editor', 'locft_bf', '--model', 'smollm2-135m']);"
         "from editbench.data import load_dataset;"
-        "from editbench.sweep import load_grid;"
+        "from editbench.run.sweep import load_grid;"
         "print(len(load_grid('smoke').cells), len(load_grid('paper-table3').cells));"
         "print(len(load_dataset('embedded').requests))"
     )

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from editbench.cli import main
-from editbench.leaderboard import build, collect, to_json
-from editbench.plots import lines, render
+from editbench.report.leaderboard import build, collect, to_json
+from editbench.report.plots import lines, render
 
 
 def test_curves_join_curve_points_and_runs_of_other_sizes(tiny_sweep):

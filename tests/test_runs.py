@@ -19,8 +19,8 @@ import torch
 
 from editbench.cli import main
 from editbench.errors import EditbenchError
-from editbench.results import RunDir
-from editbench.runner import RunSpec, run
+from editbench.run import RunSpec, run
+from editbench.run.rundir import RunDir
 from editors.locft_bf import LocFTBFEditor
 
 
@@ -306,12 +306,12 @@ def test_out_of_memory_names_what_to_lower(tiny_run, monkeypatch, capsys):
 
 
 def test_the_oom_hint_names_the_editors_own_keys():
-    from editbench.runner import Plan, _edit_hint
+    from editbench.run import Plan
     from editors.rome import RomeConfig
 
     plan = Plan.__new__(Plan)
     plan.config = RomeConfig()
-    hint = _edit_hint(plan)
+    hint = plan.edit_hint()
     assert "--set v_batch_size=..." in hint and "--set batch_size" not in hint
 
 

@@ -11,9 +11,9 @@ from conftest import write_tiny_project
 from editbench.cli import main
 from editbench.errors import EditbenchError
 from editbench.registry import EDITORS
-from editbench.report import report_html
-from editbench.runner import RunSpec
-from editbench.sweep import check_cluster, load_grid, plan, sweep, sweep_state
+from editbench.report.page import report_html
+from editbench.run import RunSpec
+from editbench.run.sweep import check_cluster, load_grid, plan, sweep, sweep_state
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import yaml
 
 from editbench.cli import main
 from editbench.errors import EditbenchError
-from editbench.tune import objective_terms, pareto_front, parse_constraints, pick
+from editbench.run.tune import objective_terms, pareto_front, parse_constraints, pick
 
 
 def test_pick_rule_and_pareto_front():
@@ -77,7 +77,7 @@ def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
 
 
 def test_tune_applies_the_prompt_format_to_every_prompt(tiny_run, capsys, monkeypatch):
-    from editbench import runner
+    from editbench.run import loop as runner
 
     tmp, model_dir, data, hparams = tiny_run
     seen: list[str] = []

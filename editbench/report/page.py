@@ -16,8 +16,8 @@ from pathlib import Path
 
 from editbench.errors import EditbenchError
 from editbench.files import atomic_write_text
-from editbench.leaderboard import Run, build, collect, html_page, to_html
-from editbench.sweep import sweep_state
+from editbench.report.leaderboard import Run, build, collect, html_page, to_html
+from editbench.run.sweep import sweep_state
 
 # Opens a run's <details> when a table link jumps to it.
 _OPEN_TARGET = ("<script>function openTarget(){var e=document.getElementById(location.hash.slice(1));"
@@ -30,7 +30,7 @@ def _anchor(run: Run, index: int) -> str:
 
 
 def _plots(runs: Sequence[Run], metrics) -> str:
-    from editbench.plots import render
+    from editbench.report.plots import render
 
     try:
         png = render(runs, "png", metrics)

@@ -1,6 +1,6 @@
 """Sweeps: one grid file -> many ordinary runs under one folder.
 
-A grid's keys are :class:`~editbench.runner.RunSpec` fields (so a flag added to ``editbench
+A grid's keys are :class:`~editbench.run.RunSpec` fields (so a flag added to ``editbench
 run`` is a grid key at once) plus ``description``, ``set`` (per-editor ``--set``
 overrides), ``exclude`` and ``resources`` (what a Ray task asks for). A value that has the
 field's type is the same for every cell; a list of such values is an axis, and the cells
@@ -31,7 +31,7 @@ import yaml
 from editbench.config import ConfigError, check_value, load_hparams, refuse_absolute_paths
 from editbench.errors import EditbenchError, did_you_mean
 from editbench.files import atomic_write_json, atomic_write_text
-from editbench.runner import RunSpec
+from editbench.run import RunSpec
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 META_KEYS = ("description", "set", "exclude", "resources")
@@ -301,10 +301,8 @@ def _validate_cells(cells: Sequence[Cell], where: str) -> None:
                  "key 'capability'")
 
         def check_hparams(s: RunSpec = spec) -> None:
-            # The same resolution as the runner's (hparams/<editor>/<model name>.yaml).
-            model = Path(s.model).name if s.hparams_file is None else s.model
             cls = EDITORS.get(s.editor).config_class
-            load_hparams(cls, s.editor, model, {"seed": s.seed, **s.overrides}, s.hparams_file)
+            load_hparams(cls, s.editor, s.model, {"seed": s.seed, **s.overrides}, s.hparams_file)
 
         once(("hparams", spec.editor, spec.model, spec.hparams_file, _digest(spec.overrides)),
              check_hparams, f"cell {cell.name} (editor {spec.editor!r} x model {spec.model!r})")
@@ -326,7 +324,7 @@ def _one_line(exc: BaseException) -> str:
 
 def run_cell(spec: RunSpec) -> Outcome:
     """Run one cell; a failure is recorded in ``error.txt`` instead of stopping the sweep."""
-    from editbench.runner import run
+    from editbench.run import run
 
     out = Path(spec.output)
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from editbench.config import build_config, hparams_model_key, hparams_path, load_hparams, read_yaml
+from editbench.config import build_config, hparams_for, hparams_name, load_hparams, read_yaml
 from editbench.data import load_dataset
 from editbench.errors import EditbenchError
 from editbench.evaluate.prompts import check_prompt_format, format_request
@@ -150,11 +150,10 @@ class Tuner:
     def __init__(self, spec: TuneSpec) -> None:
         self.spec = spec
         self.editor_cls = EDITORS.get(spec.editor)
-        hp_model = hparams_model_key(spec.model) if spec.hparams_file is None else spec.model
         self.base, self.base_raw = load_hparams(
-            self.editor_cls.config_class, spec.editor, hp_model,
+            self.editor_cls.config_class, spec.editor, spec.model,
             {"seed": spec.seed, **spec.overrides}, spec.hparams_file, data_dir=spec.data_dir)
-        self.source = Path(spec.hparams_file) if spec.hparams_file else hparams_path(spec.editor, hp_model)
+        self.source = Path(spec.hparams_file) if spec.hparams_file else hparams_for(spec.editor, spec.model)
         self.terms = objective_terms(spec.objective)
         self.constraints = parse_constraints(spec.constraints)
         if spec.num < 1:
@@ -190,7 +189,7 @@ class Tuner:
 
     def evaluate_point(self, overrides: dict[str, Any], stage: str, label: str) -> dict[str, Any]:
         from editbench.evaluate import EvalSettings, Evaluator
-        from editbench.runner import edit_and_evaluate
+        from editbench.run import edit_and_evaluate
 
         key = _key(overrides)
         if key in self.rows:
@@ -337,8 +336,7 @@ class Tuner:
     # -- the YAML ---------------------------------------------------------------------------
 
     def write_yaml(self, chosen: dict[str, Any], rows: list[dict[str, Any]], meets: bool) -> Path:
-        path = Path(self.spec.write) if self.spec.write else Path("hparams") / self.spec.editor / \
-            f"{hparams_model_key(self.spec.model)}.yaml"
+        path = Path(self.spec.write or Path("hparams") / hparams_name(self.spec.editor, self.spec.model))
         raw = read_yaml(self.source) if self.source.is_file() else {}
         raw.pop("seed", None)
         # The --set values were part of every point: the YAML keeps them, or the table in

@@ -18,7 +18,7 @@ from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
 from editbench.files import atomic_write, read_jsonl
-from editbench.leaderboard import (
+from editbench.report.leaderboard import (
     DEFAULT_METRICS,
     Run,
     collect,

@@ -24,7 +24,7 @@ from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
 from editbench.files import json_digest
-from editbench.results import RunDir
+from editbench.run.rundir import RunDir
 
 # Only the default choice and order of columns; every metric a run reports is selectable.
 DEFAULT_METRICS = ("reliability", "generalization", "locality", "capability")
@@ -53,7 +53,7 @@ class Run:
 
 def expand(dirs: Sequence[str | Path]) -> list[Path]:
     """Run folders: each argument is a run or a sweep folder (its finished cells)."""
-    from editbench.sweep import finished_cells
+    from editbench.run.sweep import finished_cells
 
     out: list[Path] = []
     for d in dirs:
@@ -530,7 +530,7 @@ def to_csv(tables: Sequence[Table], runs: Sequence[Run]) -> str:
 
 
 def to_json(tables: Sequence[Table]) -> dict[str, Any]:
-    """The documented structure (``editbench/schemas/leaderboard.schema.json``)."""
+    """The documented structure (``editbench/report/schemas/leaderboard.schema.json``)."""
     return {
         "schema": SCHEMA_ID,
         "tables": [{
