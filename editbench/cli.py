@@ -220,7 +220,7 @@ def summary(config: dict, metrics: dict, path) -> str:
             continue
         pre = (metrics.get("results_pre") or {}).get(name) or {}
         lines.append(f"{name}: {protocol['definitions'][name]}")
-        keys = [k for k, v in res.items() if isinstance(v, int | float)]
+        keys = _summary_order(name, [k for k, v in res.items() if isinstance(v, int | float)])
         width = max(len(k) for k in keys) if keys else 10
         lines.append(f"  {'metric':<{width}}  before  after")
         for key in keys:
@@ -244,6 +244,16 @@ def summary(config: dict, metrics: dict, path) -> str:
         f"{metrics['eval_time_s']:.1f} s"
     )
     return "\n".join(lines)
+
+
+def _summary_order(protocol: str, keys: list[str]) -> list[str]:
+    """Registered metrics in registry order (a split metric's kinds after it), then others."""
+    from editbench.api import LOCALITY_KINDS
+    from editbench.evaluate.metrics import reported_names
+
+    kinds = sorted({k.rsplit("_", 1)[-1] for k in keys} | set(LOCALITY_KINDS))
+    order = {name: i for i, name in enumerate(reported_names(protocol, kinds))}
+    return sorted(keys, key=lambda k: order.get(k, len(order)))
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import pytest
 
 from editbench.cli import main
 from editbench.errors import EditbenchError
+from editbench.evaluate.metrics import higher_is_better
 from editbench.report.leaderboard import JSON_SCHEMA, Table, build, collect, render, tables
 from editbench.run.rundir import RunDir
 
@@ -62,7 +63,10 @@ def test_seeds_aggregate_per_cell_and_the_best_is_marked(tiny_sweep):
                     assert stat.std == pytest.approx(statistics.stdev(expected), abs=1e-12)
             for metric in table.available:
                 means = [table.stat(r, col, metric).mean for r in table.rows]
-                assert [table.stat(r, col, metric).best for r in table.rows] == [m == max(means) for m in means]
+                # The best in the metric's own direction: locality_kl is better lower.
+                best = max(means) if higher_is_better(metric) else min(means)
+                assert [table.stat(r, col, metric).best for r in table.rows] == [m == best for m in means]
+    assert not higher_is_better("locality_kl") and higher_is_better("locality_distant")
     md = render([tiny_sweep], "md")
     assert md.count("### ") == 2 and "(n=2)" in md and "**" in md and "| ft_m |" in md
 

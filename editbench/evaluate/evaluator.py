@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from editbench.api import LOCALITY_KINDS, EditRequest
+from editbench.api import EditRequest
 from editbench.errors import EditbenchError
 from editbench.evaluate.generation import generate, generate_answers
+from editbench.evaluate.metrics import AGGREGATION, definitions, score_record
 from editbench.evaluate.normalize import (
     answers_match,
     cut_answer,
@@ -118,6 +119,8 @@ class EvalSettings:
             "definitions": {p: protocol_definition(p, self.prompt_format) for p in self.protocols},
             "prompt_format_definition": PROMPT_FORMATS[self.prompt_format],
             "locality_definition": LOCALITY_DEFINITION,
+            "metric_definitions": {p: definitions(p) for p in self.protocols},
+            "metric_aggregation": AGGREGATION,
             "case_format": CASE_FORMAT,
         }
 
@@ -250,25 +253,18 @@ class Evaluator:
         loc_out = self._locality_generations(blocks, before)
         for r in chunk:
             record: dict[str, Any] = {"case_id": r.case_id, "protocol": "generation"}
-            scores: dict[str, list[float]] = {}
             if targets:
                 rel = _answer_item(r.prompt, r.target_new, next(target_out))
                 gens = [_answer_item(p, r.target_new, next(target_out)) for p in r.rephrase_prompts]
                 record.update(reliability=rel, generalization=gens)
-                scores["reliability"] = [float(rel["match"])]
-                scores["generalization"] = [float(g["match"]) for g in gens]
                 if self._quality("portability"):
-                    port = [{**_answer_item(p.prompt, p.answer, next(target_out)), "kind": p.kind}
-                            for p in r.portability]
-                    record["portability"] = port
-                    _portability_scores(scores, port, "match")
+                    record["portability"] = [
+                        {**_answer_item(p.prompt, p.answer, next(target_out)), "kind": p.kind}
+                        for p in r.portability]
                 if self._quality("semantic"):
-                    self._semantic(rel, gens, scores)
+                    self._semantic([rel, *gens])
             if r.case_id in free:
                 record["quality"] = {k: v for k, v in free[r.case_id].items() if not k.startswith("_")}
-                for key in ("fluency", "consistency"):
-                    if free[r.case_id].get(f"_{key}"):
-                        scores[key] = free[r.case_id][f"_{key}"]
             prior = _prior_locality(r, before, "answers")
             locs = []
             for i, (loc, (text, dist)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
@@ -288,8 +284,7 @@ class Evaluator:
                     item.update(dist)
                 locs.append(item)
             record["locality"] = locs
-            _locality_scores(scores, r, locs, prior)
-            record["scores"] = scores
+            record["scores"] = score_record("generation", record, before[r.case_id] if before else None)
             yield record
 
     def _quality(self, *metrics: str) -> bool:
@@ -303,16 +298,11 @@ class Evaluator:
             out += [(p.prompt, p.answer) for p in r.portability]
         return out
 
-    def _semantic(self, rel: dict[str, Any], gens: list[dict[str, Any]], scores) -> None:
+    def _semantic(self, items: list[dict[str, Any]]) -> None:
         """Semantic match of the answers next to exact match (see quality.semantic)."""
-        items = [rel, *gens]
         sims = self.quality.semantic([(x["answer"], x["target"]) for x in items])
         for item, sim in zip(items, sims, strict=True):
             item["similarity"], item["semantic_match"] = sim, self.quality.is_match(sim)
-        scores["reliability_similarity"] = [rel["similarity"]]
-        scores["reliability_semantic"] = [float(rel["semantic_match"])]
-        scores["generalization_similarity"] = [g["similarity"] for g in gens]
-        scores["generalization_semantic"] = [float(g["semantic_match"]) for g in gens]
 
     def _locality_generations(self, blocks, before) -> dict[str, list[tuple[str, dict]]]:
         """Per case: (generated text, distribution part) for each locality prompt, block by block.
@@ -378,17 +368,14 @@ class Evaluator:
                 loc_out.setdefault(cid, []).append(pred)
         for r in chunk:
             record: dict[str, Any] = {"case_id": r.case_id, "protocol": "teacher_forced"}
-            scores: dict[str, list[float]] = {}
             if targets:
                 rel = token_accuracy(*next(target_out))
                 gens = [token_accuracy(*next(target_out)) for _ in r.rephrase_prompts]
                 record.update(reliability=rel, generalization=gens)
-                scores["reliability"], scores["generalization"] = [rel], gens
                 if self._quality("portability"):
-                    port = [{"prompt": p.prompt, "target": p.answer, "kind": p.kind,
-                             "accuracy": token_accuracy(*next(target_out))} for p in r.portability]
-                    record["portability"] = port
-                    _portability_scores(scores, port, "accuracy")
+                    record["portability"] = [
+                        {"prompt": p.prompt, "target": p.answer, "kind": p.kind,
+                         "accuracy": token_accuracy(*next(target_out))} for p in r.portability]
             prior = _prior_locality(r, before, "predictions")
             locs = []
             for i, (loc, (gold_ids, pred)) in enumerate(zip(r.locality, loc_out.get(r.case_id, []), strict=True)):
@@ -398,12 +385,8 @@ class Evaluator:
                     item["unchanged"] = token_accuracy(prior[i]["pred"], pred)
                 locs.append(item)
             record["locality"] = locs
-            if prior is not None:
-                scores["locality"] = [x["unchanged"] for x in locs]
-                for kind in LOCALITY_KINDS:
-                    scores[f"locality_{kind}"] = [x["unchanged"] for x in locs if x["kind"] == kind]
-            scores["locality_gold"] = [x["gold_accuracy"] for x in locs]
-            record["scores"] = {k: v for k, v in scores.items() if v}
+            record["scores"] = score_record("teacher_forced", record,
+                                            before[r.case_id] if before else None)
             yield record
 
 
@@ -421,27 +404,6 @@ def _prior_locality(r: EditRequest, before: dict[str, dict] | None, what: str) -
         raise EditbenchError(f"case {r.case_id!r}: the pre-edit record has {len(prior)} locality "
                              f"{what}, the request {len(r.locality)}")
     return prior
-
-
-def _locality_scores(scores: dict[str, list[float]], r: EditRequest, locs: list[dict],
-                     prior: list[dict] | None) -> None:
-    """Locality metrics of one generation-protocol case (see ``LOCALITY_DEFINITION``)."""
-    scores["locality_gold"] = [float(x["gold_match"]) for x in locs if x["gold_match"] is not None]
-    if prior is None:
-        scores["locality_empty"] = [float(normalize_answer(x["answer"]) == "") for x in locs]
-        return
-    scores["locality"] = [float(x["unchanged"]) for x in locs]
-    scores["locality_raw"] = [float(x["unchanged_raw"]) for x in locs]
-    for kind in LOCALITY_KINDS:
-        scores[f"locality_{kind}"] = [float(x["unchanged"]) for x in locs if x["kind"] == kind]
-    empty = [normalize_answer(x["pre"]) == "" for x in locs]
-    scores["locality_empty_pre"] = [float(e) for e in empty]
-    scores["locality_nonempty"] = [float(x["unchanged"]) for x, e in zip(locs, empty, strict=True) if not e]
-    if locs and "argmax_agreement" in locs[0]:
-        scores["locality_argmax"] = [x["argmax_agreement"] for x in locs]
-        scores["locality_kl"] = [x["kl"] for x in locs]
-    for key in [k for k, v in scores.items() if not v]:
-        del scores[key]
 
 
 def _distribution(ids: list[int], logp, top: int) -> dict[str, Any]:
@@ -468,10 +430,3 @@ def _compare_distributions(pre: dict[str, Any], logp) -> dict[str, Any]:
     q_rest = (1 - q.sum(-1)).clamp_min(1e-12)
     kl = kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-300).log() - q_rest.log()), 0.0)
     return {"argmax_agreement": float(agree.mean()), "kl": float(kl.clamp_min(0).mean())}
-
-
-def _portability_scores(scores: dict[str, list[float]], items: list[dict[str, Any]], key: str) -> None:
-    for item in items:
-        value = float(item[key])
-        scores.setdefault("portability", []).append(value)
-        scores.setdefault(f"portability_{item['kind']}", []).append(value)

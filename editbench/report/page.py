@@ -16,7 +16,9 @@ from pathlib import Path
 
 from editbench.errors import EditbenchError
 from editbench.files import atomic_write_text
-from editbench.report.leaderboard import Run, build, collect, html_page, to_html
+from editbench.report.leaderboard import html_page, to_html
+from editbench.report.runs import Run, collect
+from editbench.report.tables import build
 from editbench.run.sweep import sweep_state
 
 # Opens a run's <details> when a table link jumps to it.

@@ -18,12 +18,12 @@ from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
 from editbench.files import atomic_write, read_jsonl
-from editbench.report.leaderboard import (
-    DEFAULT_METRICS,
+from editbench.report.runs import (
     Run,
     collect,
     comparability_key,
     dataset_label,
+    default_metrics,
     editor_variants,
     model_label,
     point_metrics,
@@ -92,7 +92,7 @@ def _choose(all_lines: Sequence[Line], metrics: Sequence[str] | str | None) -> l
         for at in line.points.values():
             available.extend(m for m in at if m not in available)
     if metrics is None:
-        return [m for m in DEFAULT_METRICS if m in available] or available
+        return [m for m in default_metrics() if m in available] or available
     if metrics == "all":
         return available
     for m in metrics:

@@ -26,16 +26,29 @@ from typing import Any
 
 import yaml
 
+from editbench.api import LOCALITY_KINDS
 from editbench.config import build_config, hparams_for, hparams_name, load_hparams, read_yaml
 from editbench.data import load_dataset
 from editbench.errors import EditbenchError
+from editbench.evaluate.metrics import check_name, find, tune_columns
 from editbench.evaluate.prompts import check_prompt_format, format_request
 from editbench.files import atomic_write_text, dumps, json_default, json_digest, read_jsonl
 from editbench.progress import bar
 from editbench.registry import EDITORS
 
-COLUMNS = ("reliability", "generalization", "locality", "locality_neighbourhood",
-           "locality_distant", "locality_gold", "locality_argmax")
+
+def columns() -> list[tuple[str, str]]:
+    """(metric, short label) of the sweep table: the registry's tune columns, split metrics
+    also per locality kind (``loc_n``, ``loc_d``)."""
+    out = []
+    for name, label in tune_columns():
+        out.append((name, label))
+        m = find(name)
+        if m is not None and m.split:
+            out.extend((f"{name}_{kind}", f"{label}_{kind[0]}") for kind in LOCALITY_KINDS)
+    return out
+
+
 _CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([0-9.]+)\s*$")
 
 
@@ -66,15 +79,14 @@ class TuneSpec:
     target: str | None = None
 
 
+
 def parse_constraints(items: tuple[str, ...]) -> list[tuple[str, str, float]]:
     out = []
     for item in items:
         m = _CONSTRAINT.match(item)
         if not m:
             raise EditbenchError(f"--constraint {item!r}: expected METRIC>=NUMBER or METRIC<=NUMBER")
-        if m.group(1) not in COLUMNS:
-            raise EditbenchError(f"--constraint {item!r}: unknown metric {m.group(1)!r}; expected one of "
-                                 f"{', '.join(COLUMNS)}")
+        check_name(m.group(1), "generation", f"--constraint {item!r}", LOCALITY_KINDS)
         out.append((m.group(1), m.group(2), float(m.group(3))))
     return out
 
@@ -83,10 +95,8 @@ def objective_terms(text: str) -> list[str]:
     terms = [t.strip() for t in text.split("+") if t.strip()]
     if not terms or not all(re.fullmatch(r"[a-z_]+", t) for t in terms):
         raise EditbenchError(f"--objective {text!r}: expected metric names joined by '+'")
-    unknown = [t for t in terms if t not in COLUMNS]
-    if unknown:
-        raise EditbenchError(f"--objective {text!r}: unknown metric {unknown[0]!r}; expected metrics "
-                             f"from {', '.join(COLUMNS)}")
+    for term in terms:
+        check_name(term, "generation", f"--objective {text!r}", LOCALITY_KINDS)
     return terms
 
 
@@ -212,7 +222,7 @@ class Tuner:
         res = results["generation"]
         row = {"stage": stage, "location": label, "overrides": overrides,
                "seconds": round(time.perf_counter() - t0, 1),
-               **{k: res.get(k) for k in COLUMNS}}
+               **{k: v for k, v in res.items() if k != "n"}}
         self.rows[key] = row
         with (self.out / "tune.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(dumps(row) + "\n")
@@ -383,12 +393,12 @@ def _template(overrides: dict[str, Any]) -> str:
 
 def format_table(rows: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
     """The sweep as a fixed-width table (the YAML comment and the terminal)."""
-    head = ["point", "rel", "gen", "loc", "loc_n", "loc_d", "loc_am", "s"]
+    shown = columns()
+    head = ["point", *(label for _, label in shown), "s"]
     body = []
     for r in rows:
         label = r["location"] + (" <-" if chosen is not None and r is chosen else "")
-        body.append([label, *(_f(r.get(k)) for k in (*COLUMNS[:5], "locality_argmax")),
-                     f"{r['seconds']:.0f}"])
+        body.append([label, *(_f(r.get(k)) for k, _ in shown), f"{r['seconds']:.0f}"])
     width = max(len(b[0]) for b in [head, *body])
     out = [f"{head[0]:<{width}}  " + "  ".join(f"{h:>6}" for h in head[1:])]
     out += [f"{b[0]:<{width}}  " + "  ".join(f"{v:>6}" for v in b[1:]) for b in body]
