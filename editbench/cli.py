@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list registered editors, models, datasets, suites or grids")
     ls.add_argument("what", choices=["editors", "models", "datasets", "suites", "grids"])
+    ls.add_argument("--json", action="store_true", help="one JSON array of objects, for scripts")
+    ls.add_argument("--data-dir", help="also look for dataset files here (datasets)")
 
     hp = sub.add_parser("hparams", help="print the resolved hyperparameters")
     hp.add_argument("--editor", required=True)
@@ -285,28 +287,42 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "editors":
-        from editbench.registry import EDITORS
+    rows = _list_rows(args.what, args.data_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from tabulate import tabulate
 
-        names = EDITORS.names()
-    elif args.what == "models":
-        from editbench.models import preset_names
+    def cell(value: object) -> object:
+        if isinstance(value, list):
+            return ", ".join(map(str, value)) or "-"
+        return "-" if value is None else value
 
-        names = preset_names()
-    elif args.what == "grids":
+    print(tabulate([{k: cell(v) for k, v in row.items()} for row in rows], headers="keys",
+                   tablefmt="plain", intfmt=","))
+    return 0
+
+
+def _list_rows(what: str, data_dir: str | None) -> list[dict[str, object]]:
+    if what == "editors":
+        from editbench.config import describe_editors
+
+        return describe_editors()
+    if what == "models":
+        from editbench.models import describe_presets
+
+        return describe_presets()
+    if what == "grids":
         from editbench.run.sweep import grid_descriptions
 
-        names = [f"{name}\t{text}" for name, text in grid_descriptions().items()]
-    elif args.what == "suites":
+        return [{"name": n, "description": t} for n, t in grid_descriptions().items()]
+    if what == "suites":
         from editbench.capability import load_suite, suite_names
 
-        names = [f"{n}\t{load_suite(n).spec.description}" for n in suite_names()]
-    else:
-        from editbench.data import dataset_names
+        return [{"name": n, "description": load_suite(n).spec.description} for n in suite_names()]
+    from editbench.data.catalog import describe_datasets
 
-        names = dataset_names()
-    print("\n".join(names))
-    return 0
+    return describe_datasets(data_dir)
 
 
 def _cmd_hparams(args: argparse.Namespace) -> int:

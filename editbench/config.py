@@ -252,3 +252,21 @@ def load_hparams(
         config = build_config(cls, merged, f"{file} with --set {sorted(overrides)}")
     resolve_data_paths(config, data_dir)
     return config, dataclasses.asdict(config)
+
+
+def describe_editors() -> list[dict[str, object]]:
+    """Per registered editor: how it edits by default and the models it has hparams for."""
+    from editbench.registry import EDITORS
+
+    rows: list[dict[str, object]] = []
+    for name in EDITORS.names():
+        try:
+            config = EDITORS.get(name).config_class()
+        except EditbenchError as exc:  # a plugin that cannot be imported here
+            rows.append({"name": name, "pipeline": f"unavailable ({exc})", "hparams": []})
+            continue
+        step = config.edits_per_step
+        pipeline = getattr(config, "pipeline", None) or "closed form"
+        pipeline += ", all requests in one step" if step is None else f", steps of {step}"
+        rows.append({"name": name, "pipeline": pipeline, "hparams": available_hparams(name)})
+    return rows

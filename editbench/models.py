@@ -74,6 +74,7 @@ class ModelPreset:
     family: str
     templates: dict[str, str]
     num_layers: int | None = None
+    parameters: str | None = None  # as the model card counts them, for `editbench list models`
     dtype: str = "bfloat16"
     device_map: str | None = "auto"
     revision: str | None = None
@@ -144,6 +145,24 @@ def get_preset(name: str, trust_remote_code: bool = False) -> ModelPreset:
         f"unknown model {name!r}{did_you_mean(name, preset_names())}; use a preset "
         f"({', '.join(preset_names())}), a Hugging Face id (org/name) or a local folder"
     )
+
+
+def describe_presets() -> list[dict[str, object]]:
+    """Per named preset: family, layers, parameters and whether its weights are here."""
+    rows: list[dict[str, object]] = []
+    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface")
+               + "/hub").expanduser()
+    for name in preset_names():
+        p = get_preset(name)
+        if p.gguf is not None:
+            converted = (cache_dir("models") / name / "editbench_source.json").is_file()
+            weights = "converted" if converted else f"GGUF, converted on first use ({p.gguf.install})"
+        else:
+            cached = (hub / f"models--{p.hf_id.replace('/', '--')}").is_dir()
+            weights = "in the Hugging Face cache" if cached else f"downloads {p.hf_id}"
+        rows.append({"name": name, "family": p.family, "layers": p.num_layers,
+                     "parameters": p.parameters, "hf_id": p.hf_id, "weights": weights})
+    return rows
 
 
 def _adhoc_preset(name: str, trust_remote_code: bool = False) -> ModelPreset:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import RECORDS, write_tiny_project
+from conftest import RECORDS, SHARED_DATA, write_tiny_project
 from editbench.api import EditbenchError
 from editbench.cli import main
 from editbench.files import atomic_write_json
@@ -99,6 +99,28 @@ def test_list_and_hparams(capsys):
     assert "smollm2-135m" in capsys.readouterr().out.split()
     assert run_cli("list", "datasets") == 0
     assert "zsre-3k" in capsys.readouterr().out.split()
+
+
+def test_list_says_what_each_entry_is(capsys):
+    assert run_cli("list", "datasets", "--json") == 0
+    datasets = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    train = datasets["zsre-train"]
+    assert train["records"] == 163196 and train["source"].endswith("zsre_mend_train.json")
+    assert train["locality"] == "distant" and train["available"].startswith(("download", "local"))
+    assert datasets["embedded"]["available"] == "bundled"
+    assert "neighbourhood" in datasets["counterfact-3k"]["locality"]
+    assert run_cli("list", "datasets", "--data-dir", str(SHARED_DATA)) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("zsre-3k "))
+    assert ("local (1.6 MB)" in line) == (SHARED_DATA / "zsre" / "zsre_3k.json").is_file()
+    assert run_cli("list", "models", "--json") == 0
+    models = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert models["smollm2-135m"]["layers"] == 30 and models["smollm2-135m"]["parameters"] == "135M"
+    assert models["qwen2.5-7b"]["family"] == "qwen2"
+    assert run_cli("list", "editors", "--json") == 0
+    editors = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert editors["locft_bf"]["pipeline"].startswith("breadth_first")
+    assert editors["ft_m"]["pipeline"] == "depth_first, steps of 1"
+    assert "smollm2-135m" in editors["memit"]["hparams"]
     assert run_cli("hparams", "--editor", "locft_bf", "--model", "qwen2.5-7b", "--set", "lr=1e-4") == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["modules"] == ["mlp_down@6"] and resolved["lr"] == 1e-4

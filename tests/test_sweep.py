@@ -122,7 +122,7 @@ def test_shipped_grids_load_by_name_and_expand(capsys):
     assert len({c.name for c in paper.cells}) == len(specs)
 
     assert main(["list", "grids"]) == 0
-    assert {"smoke", "paper-table3"} <= {line.split("\t")[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"smoke", "paper-table3"} <= {line.split()[0] for line in capsys.readouterr().out.splitlines()}
     assert main(["sweep", "paper-table3", "--dry-run"]) == 0
     assert "54 cells" in capsys.readouterr().out
 

@@ -19,18 +19,15 @@ from typing import Any
 from editbench.capability.evaluate import CapabilitySettings
 from editbench.capability.spec import TaskSpec
 from editbench.errors import EditbenchError
-
-INSTALL_HINT = "the lm-eval backend needs lm-evaluation-harness: pip install 'editbench[lm-eval]'"
+from editbench.extras import require
 
 
 def _import():
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError as exc:
-        raise EditbenchError(f"{INSTALL_HINT} ({exc})") from exc
-    return simple_evaluate, HFLM, TaskManager
+    feature = "the lm-eval capability backend"
+    lm_eval = require("lm_eval", feature)
+    hf = require("lm_eval.models.huggingface", feature)
+    tasks = require("lm_eval.tasks", feature)
+    return lm_eval.simple_evaluate, hf.HFLM, tasks.TaskManager
 
 
 def make_lm(handle, batch_size: int = 32):

@@ -16,7 +16,7 @@ from pathlib import Path
 from editbench.data import synthetic as _synthetic
 from editbench.data.formats import ParsedFile, read_file
 from editbench.data.loader import LoadedDataset, load_path
-from editbench.data.sources import DatasetGroup, DatasetSource, resolve, resolve_group
+from editbench.data.sources import DatasetGroup, DatasetSource, find_local, resolve, resolve_group
 from editbench.errors import EditbenchError
 from editbench.registry import register_dataset
 from editbench.resources import resource_dir
@@ -49,6 +49,7 @@ SOURCES: dict[str, DatasetSource] = {
             subdir="zsre",
             records=19086,
             description="zsRE eval split in MEND format, as released with ROME",
+            locality_kinds=("distant",),
         ),
         DatasetSource(
             name="zsre-train",
@@ -60,6 +61,7 @@ SOURCES: dict[str, DatasetSource] = {
             # from a copy, so a different count is a warning, not an error.
             records=163196,
             description="zsRE train split in MEND format, as released with ROME (100K+ edits)",
+            locality_kinds=("distant",),
         ),
         DatasetSource(
             name="counterfact",
@@ -69,6 +71,7 @@ SOURCES: dict[str, DatasetSource] = {
             subdir="counterfact",
             records=21919,
             description="ROME's full CounterFact (paraphrase and neighbourhood prompts)",
+            locality_kinds=("neighbourhood",),
         ),
         DatasetSource(
             name="zsre-3k",
@@ -78,6 +81,8 @@ SOURCES: dict[str, DatasetSource] = {
             subdir="zsre",
             records=3000,
             description="the LocFT-BF paper's 3K zsRE sample (MEND format)",
+            locality_kinds=("distant",),
+            size_mb=1.6,
         ),
         DatasetSource(
             name="counterfact-3k",
@@ -88,6 +93,8 @@ SOURCES: dict[str, DatasetSource] = {
             records=3000,
             description="the LocFT-BF paper's 3K CounterFact sample (flat format)",
             locality_kind="neighbourhood",  # CounterFact's neighbourhood prompts, true object
+            locality_kinds=("neighbourhood",),
+            size_mb=1.2,
         ),
         DatasetSource(
             name="wikibigedit-3k",
@@ -115,6 +122,7 @@ GROUPS: dict[str, DatasetGroup] = {
                 records=None,  # per-file counts not published (26K-121K each)
                 description=f"WikiBigEdit timestep {t} ({span[:8]} -> {span[9:]})",
                 group="wikibigedit",
+                locality_kinds=("neighbourhood",),
             )
             for t, span in enumerate(WIKIBIGEDIT_TIMESTEPS)
         ),
@@ -245,3 +253,51 @@ def synthetic(*, data_dir: str | None = None, target: str | None = None,
         requests=requests,
         synthetic=True,
     )
+
+
+# -- what `editbench list datasets` shows --------------------------------------------------
+
+_BUILTIN_INFO = {
+    "embedded": {"records": 53, "source": "bundled with editbench (datasets/embedded)",
+                 "available": "bundled", "locality": "neighbourhood, distant",
+                 "description": "facts smollm2-135m knows, with counterfactual targets"},
+    "synthetic": {"records": "any, up to 1,000,000", "source": "generated (seeded)",
+                  "available": "generated", "locality": "distant",
+                  "description": "generated requests for scale tests (marked synthetic)"},
+}
+
+
+def _where(sources: tuple[DatasetSource, ...], data_dir: str | None) -> str:
+    found = [find_local(s, data_dir) for s in sources]
+    if all(found):
+        mb = sum(p.stat().st_size for p in found) / 1e6  # type: ignore[union-attr]
+        return f"local ({mb:.1f} MB): {found[0] if len(found) == 1 else found[0].parent}"
+    sizes = [s.size_mb for s in sources]
+    size = f"{sum(sizes):.1f} MB" if all(x is not None for x in sizes) else "size not published"
+    return f"download ({size})" if not any(found) else f"partly local ({sum(map(bool, found))}/{len(found)} files)"
+
+
+def describe_datasets(data_dir: str | None = None) -> list[dict[str, object]]:
+    """Per registered dataset: records, source, whether a copy is here, locality kinds."""
+    from editbench.data.loader import dataset_names
+
+    rows: list[dict[str, object]] = []
+    for name in dataset_names():
+        if name in _BUILTIN_INFO:
+            rows.append({"name": name, **_BUILTIN_INFO[name]})
+        elif name in SOURCES:
+            s = SOURCES[name]
+            rows.append({"name": name, "records": s.records, "source": s.url,
+                         "available": _where((s,), data_dir),
+                         "locality": ", ".join(s.locality_kinds) or "-", "description": s.description})
+        elif name in GROUPS:
+            g = GROUPS[name]
+            rows.append({"name": name, "records": g.records,
+                         "source": g.parts[0].url.rsplit("/", 1)[0] + f"/ ({len(g.parts)} files)",
+                         "available": _where(g.parts, data_dir),
+                         "locality": ", ".join(g.parts[0].locality_kinds) or "-",
+                         "description": g.description})
+        else:
+            rows.append({"name": name, "records": None, "source": "a plugin (entry point)",
+                         "available": "-", "locality": "-", "description": ""})
+    return rows

@@ -64,6 +64,8 @@ class DatasetSource:
     description: str
     locality_kind: str | None = None  # what its locality prompts are, where records do not say
     group: str | None = None  # the DatasetGroup this file is one part of
+    locality_kinds: tuple[str, ...] = ()  # the kinds its requests carry (for `editbench list`)
+    size_mb: float | None = None  # the released file's size, where a copy was measured
 
     def url_env(self) -> str:
         return url_env(self.name)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
+from editbench.extras import require
 from editbench.files import atomic_write, read_jsonl
 from editbench.report.runs import (
     Run,
@@ -78,11 +79,9 @@ def lines(runs: Sequence[Run]) -> list[Line]:
 
 
 def _matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise EditbenchError('plots need matplotlib: pip install -e ".[plot]"') from None
+    require("matplotlib", "plots")
+    from matplotlib.figure import Figure
+
     return Figure
 
 
@@ -156,8 +155,7 @@ def _std(values: list[float]) -> float:
 
 def render(runs: Sequence[Run], fmt: str, metrics: Sequence[str] | str | None = None) -> bytes:
     """The figure as ``png``, ``svg`` or ``pdf`` bytes (no timestamps, so reruns are equal)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots")
     if fmt not in ("png", "svg", "pdf"):
         raise EditbenchError(f"plot format: expected png, svg or pdf, got {fmt!r}")
     fig = figure(runs, metrics)

