@@ -6,7 +6,6 @@ hands it steps of :class:`EditRequest` and evaluates the model it edited in plac
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,9 +92,6 @@ class EditRequest:
         for name in ("rephrase_prompts", "locality", "portability", "generation_prompts",
                      "reference_texts"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -313,7 +313,7 @@ def _list_rows(what: str, data_dir: str | None) -> list[dict[str, object]]:
 
         return describe_presets()
     if what == "grids":
-        from editbench.run.sweep import grid_descriptions
+        from editbench.run.grid import grid_descriptions
 
         return [{"name": n, "description": t} for n, t in grid_descriptions().items()]
     if what == "suites":
@@ -362,7 +362,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from editbench.run.sweep import load_grid, summary, sweep
+    from editbench.run.grid import load_grid
+    from editbench.run.sweep import summary, sweep
 
     grid = load_grid(args.grid)
     if args.dry_run:

@@ -28,7 +28,7 @@ import yaml
 from torch import nn
 
 from editbench.errors import EditbenchError, did_you_mean
-from editbench.files import atomic_write
+from editbench.files import atomic_write, sha256_file
 from editbench.resources import cache_dir
 
 log = logging.getLogger(__name__)
@@ -317,14 +317,6 @@ def _assemble_into(assemble: Callable[[Path], Any], tmp: Path, preset: ModelPres
         os.replace(written, tmp)
 
 
-def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def converted_gguf_folder(preset: ModelPreset) -> tuple[Path, str]:
     """Convert the preset's GGUF file once into a cached safetensors folder.
 
@@ -341,7 +333,7 @@ def converted_gguf_folder(preset: ModelPreset) -> tuple[Path, str]:
         if info.get("size") == stat.st_size and info.get("source") == str(source):
             return target, info["sha256"]
     log.info("converting %s to safetensors under %s (once)", source.name, target)
-    digest = _file_digest(source)
+    digest = sha256_file(source)
     model = AutoModelForCausalLM.from_pretrained(
         source.parent, gguf_file=source.name, dtype=torch.float32
     )

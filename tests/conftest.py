@@ -253,7 +253,8 @@ set: {locft_bf: {epochs: 5}, ft_m: {max_steps: 5}}
 def tiny_sweep(tmp_path_factory, tiny_tokenizer) -> Path:
     """Real runs of the tiny LLaMA, written by a sweep: 2 editors x 2 seeds x T in {2, 4},
     both protocols, curves every 2 edits, capability on 2 items a task (seconds)."""
-    from editbench.run.sweep import load_grid, sweep
+    from editbench.run.grid import load_grid
+    from editbench.run.sweep import sweep
 
     root = tmp_path_factory.mktemp("tiny-sweep")
     _, _, hparams = write_tiny_project(root, tiny_tokenizer)

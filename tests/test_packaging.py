@@ -60,7 +60,7 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
         f"assert editbench.__file__.startswith({str(target)!r}), editbench.__file__;"
         "main(['hparams', '--editor', 'locft_bf', '--model', 'smollm2-135m']);"
         "from editbench.data import load_dataset;"
-        "from editbench.run.sweep import load_grid;"
+        "from editbench.run.grid import load_grid;"
         "print(len(load_grid('smoke').cells), len(load_grid('paper-table3').cells));"
         "print(len(load_dataset('embedded').requests))"
     )

@@ -13,7 +13,8 @@ from editbench.errors import EditbenchError
 from editbench.registry import EDITORS
 from editbench.report.page import report_html
 from editbench.run import RunSpec
-from editbench.run.sweep import check_cluster, load_grid, plan, sweep, sweep_state
+from editbench.run.grid import load_grid
+from editbench.run.sweep import check_cluster, plan, sweep, sweep_state
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editbench.capability import scoring
 from editbench.capability.spec import Suite, TaskSpec, read_records, resolve_data, split
@@ -21,6 +21,9 @@ from editbench.errors import EditbenchError
 from editbench.files import atomic_write_json, json_digest
 from editbench.progress import bar
 from editbench.resources import cache_dir
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 CACHE_VERSION = 2
 
@@ -145,7 +148,7 @@ def prepare_task(task: TaskSpec, task_file: Path, settings: CapabilitySettings) 
 
 
 def run_task(
-    handle, task: TaskSpec, task_file: Path, settings: CapabilitySettings,
+    handle: ModelHandle, task: TaskSpec, task_file: Path, settings: CapabilitySettings,
     prepared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score one built-in task; returns score, chance, n and timings."""
@@ -185,7 +188,7 @@ def summarize(suite: Suite, tasks: dict[str, dict[str, Any]]) -> tuple[float, fl
     )
 
 
-def evaluate_suite(handle, suite: Suite, settings: CapabilitySettings | None = None, desc: str = "capability") -> dict[str, Any]:
+def evaluate_suite(handle: ModelHandle, suite: Suite, settings: CapabilitySettings | None = None, desc: str = "capability") -> dict[str, Any]:
     """Score every task of ``suite`` on ``handle``'s model as it is now."""
     settings = settings or CapabilitySettings()
     t0 = time.perf_counter()
@@ -226,7 +229,7 @@ def _data_digest(suite: Suite, settings: CapabilitySettings) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(handle, suite: Suite, settings: CapabilitySettings) -> str:
+def cache_key(handle: ModelHandle, suite: Suite, settings: CapabilitySettings) -> str:
     ident = {
         "version": CACHE_VERSION,
         "model": handle.identity,
@@ -239,7 +242,7 @@ def cache_key(handle, suite: Suite, settings: CapabilitySettings) -> str:
     return json_digest(ident, 24)
 
 
-def cached_pre_edit(handle, suite: Suite, settings: CapabilitySettings | None = None) -> tuple[dict[str, Any], bool]:
+def cached_pre_edit(handle: ModelHandle, suite: Suite, settings: CapabilitySettings | None = None) -> tuple[dict[str, Any], bool]:
     """The unedited model's result, from the cache when this (weights, suite, settings) was
     scored before; returns it and whether it came from the cache. Call it before any edit."""
     settings = settings or CapabilitySettings()

@@ -14,12 +14,15 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editbench.capability.evaluate import CapabilitySettings
 from editbench.capability.spec import TaskSpec
 from editbench.errors import EditbenchError
 from editbench.extras import require
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 
 def _import():
@@ -30,7 +33,7 @@ def _import():
     return lm_eval.simple_evaluate, hf.HFLM, tasks.TaskManager
 
 
-def make_lm(handle, batch_size: int = 32):
+def make_lm(handle: ModelHandle, batch_size: int = 32):
     """lm-eval's HF model around the in-memory model and tokenizer (no save, no reload)."""
     _, HFLM, _ = _import()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -136,7 +139,7 @@ def _lm_eval_version() -> str | None:
 
 
 def evaluate_harness(
-    handle, tasks: list[TaskSpec], settings: CapabilitySettings, task_files: dict[str, Path] | None = None
+    handle: ModelHandle, tasks: list[TaskSpec], settings: CapabilitySettings, task_files: dict[str, Path] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Score every harness task on the in-memory model."""
     lm = make_lm(handle, settings.batch_size)

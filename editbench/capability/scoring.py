@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +36,9 @@ from editbench.tokens import (
     pad_batch,
     target_logits,
 )
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 NORMALIZATIONS = ("none", "tokens", "chars")
 
@@ -81,7 +85,7 @@ def _encode_items(tok, items: Sequence[ChoiceItem]) -> list[list[PromptTarget]]:
 
 @torch.no_grad()
 def option_scores(
-    handle, items: Sequence[ChoiceItem], batch_size: int = 32, share_prompt: bool = True
+    handle: ModelHandle, items: Sequence[ChoiceItem], batch_size: int = 32, share_prompt: bool = True
 ) -> list[list[OptionScore]]:
     """Log-likelihood of every option of every item.
 
@@ -128,7 +132,7 @@ def _pack(encoded: Sequence[Sequence[PromptTarget]], rows: int) -> list[list[int
     return batches
 
 
-def _shared_prompt_logprobs(handle, group: Sequence[Sequence[PromptTarget]]) -> list[list[float]]:
+def _shared_prompt_logprobs(handle: ModelHandle, group: Sequence[Sequence[PromptTarget]]) -> list[list[float]]:
     """Summed option log-probs for a batch of prompts, each prompt run once.
 
     Prompts are left-padded with explicit position ids (so absolute-position models such as
@@ -195,7 +199,7 @@ def pick(scores: Sequence[OptionScore], normalization: str) -> int:
 
 
 def score_choices(
-    handle,
+    handle: ModelHandle,
     items: Sequence[ChoiceItem],
     normalization: str = "none",
     batch_size: int = 32,
@@ -238,7 +242,7 @@ def answer_matches(prediction: str, answers: Sequence[str], match: str = "exact"
 
 
 def score_generation(
-    handle,
+    handle: ModelHandle,
     prompts: Sequence[str],
     answers: Sequence[Sequence[str]],
     match: str = "exact",
@@ -269,7 +273,7 @@ class PerplexityResult:
 
 
 @torch.no_grad()
-def perplexity(handle, texts: Sequence[str], max_tokens: int = 256, batch_size: int = 16) -> PerplexityResult:
+def perplexity(handle: ModelHandle, texts: Sequence[str], max_tokens: int = 256, batch_size: int = 16) -> PerplexityResult:
     """Token-weighted perplexity of ``texts`` (see the module docstring)."""
     tok = handle.tokenizer
     pieces = []

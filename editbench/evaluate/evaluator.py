@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editbench.api import EditRequest
 from editbench.errors import EditbenchError
@@ -39,6 +39,9 @@ from editbench.evaluate.teacher_forced import (
 )
 from editbench.progress import bar
 from editbench.tokens import ContextOverflowError
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 PROTOCOLS = ("generation", "teacher_forced")
 LOCALITY_DEFINITION = (
@@ -134,7 +137,7 @@ class Resumed:
 
 
 class Evaluator:
-    def __init__(self, handle, settings: EvalSettings, quality=None) -> None:
+    def __init__(self, handle: ModelHandle, settings: EvalSettings, quality=None) -> None:
         """``quality``: a ``QualityScorer`` when a run switched quality metrics on (fluency,
         consistency, semantic match, portability); None costs nothing."""
         self.handle = handle

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 
 from editbench.evaluate.normalize import STOP_CHARS
 from editbench.tokens import check_fits, encode_prompt, pad_batch
 
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
-def eos_ids(handle) -> list[int]:
+
+def eos_ids(handle: ModelHandle) -> list[int]:
     """Every EOS id of the model: the tokenizer's and the generation config's (instruct
     models often list several, e.g. end-of-turn as well as end-of-text)."""
     ids = {handle.tokenizer.eos_token_id}
@@ -57,7 +61,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _greedy_config(handle, max_new_tokens: int, eos: list[int]):
+def _greedy_config(handle: ModelHandle, max_new_tokens: int, eos: list[int]):
     from transformers import GenerationConfig
 
     return GenerationConfig(
@@ -69,7 +73,7 @@ def _greedy_config(handle, max_new_tokens: int, eos: list[int]):
 
 
 def generate_answers(
-    handle,
+    handle: ModelHandle,
     prompts: Sequence[str],
     max_new_tokens: int = 32,
     batch_size: int = 32,
@@ -81,7 +85,7 @@ def generate_answers(
 
 @torch.no_grad()
 def generate(
-    handle,
+    handle: ModelHandle,
     prompts: Sequence[str],
     max_new_tokens: int = 32,
     batch_size: int = 32,

@@ -8,6 +8,7 @@ numbers only: it inflates results relative to generation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,10 +22,13 @@ from editbench.tokens import (
     target_logits,
 )
 
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
+
 
 @torch.no_grad()
 def argmax_at_targets(
-    handle, pairs: Sequence[tuple[str, str]], batch_size: int = 32
+    handle: ModelHandle, pairs: Sequence[tuple[str, str]], batch_size: int = 32
 ) -> list[tuple[list[int], list[int]]]:
     """For each (prompt, target): (target token ids, argmax ids at those positions)."""
     tokenizer = handle.tokenizer
@@ -48,7 +52,7 @@ def token_accuracy(target_ids: Sequence[int], predicted: Sequence[int]) -> float
 
 @torch.no_grad()
 def continuation_logprobs(
-    handle, pairs: Sequence[tuple[str, Sequence[int]]], batch_size: int = 32
+    handle: ModelHandle, pairs: Sequence[tuple[str, Sequence[int]]], batch_size: int = 32
 ) -> list[torch.Tensor]:
     """For each (prompt, continuation ids): the next-token log-probabilities at the positions
     that predict those ids, teacher-forced: ``[len(ids), vocab]`` float32 on the CPU."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editbench.api import BaseEditor, EditorConfig, EditRequest
 from editbench.config import load_hparams
@@ -19,6 +19,9 @@ from editbench.evaluate import EvalSettings, answer_checks
 from editbench.evaluate.prompts import check_prompt_format, format_request
 from editbench.registry import EDITORS
 from editbench.run.spec import RunSpec
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ def _quality_settings(spec: RunSpec):
     return settings
 
 
-def in_prompt_format(plan: Plan, handle) -> Plan:
+def in_prompt_format(plan: Plan, handle: ModelHandle) -> Plan:
     """Every prompt of every request in the run's prompt format (needs the tokenizer)."""
     fmt = plan.spec.prompt_format
     if fmt == "raw":

@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editbench.api import BaseEditor, EditRequest
 from editbench.errors import EditbenchError
@@ -20,6 +20,9 @@ from editbench.files import json_digest
 from editbench.run.plan import Plan
 from editbench.run.rundir import RunDir, command_line, git_revision, library_versions
 from editbench.run.spec import RESUME_FREE
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 SEQUENTIAL_PROTOCOL = (
     "requests applied in steps of edits_per_step to one model, never reset; the unedited "
@@ -30,7 +33,7 @@ SEQUENTIAL_PROTOCOL = (
 CHECKPOINT_FORMAT = 2
 
 
-def describe_run(plan: Plan, handle, quality=None) -> dict[str, Any]:
+def describe_run(plan: Plan, handle: ModelHandle, quality=None) -> dict[str, Any]:
     spec, d = plan.spec, plan.dataset
     evaluation = "after all edits" + (f", and every {spec.eval_every} edits" if spec.eval_every else "")
     cap = plan.capability
@@ -163,7 +166,7 @@ def _differences(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
 
 
 
-def edited_weights(handle, editor: BaseEditor) -> dict[str, Any]:
+def edited_weights(handle: ModelHandle, editor: BaseEditor) -> dict[str, Any]:
     params = dict(handle.model.named_parameters())
     missing = [n for n in editor.edited_parameters() if n not in params]
     if missing:
@@ -171,7 +174,7 @@ def edited_weights(handle, editor: BaseEditor) -> dict[str, Any]:
     return {n: params[n].detach().cpu().clone() for n in editor.edited_parameters()}
 
 
-def restore_weights(handle, weights: dict[str, Any]) -> None:
+def restore_weights(handle: ModelHandle, weights: dict[str, Any]) -> None:
     import torch
 
     params = dict(handle.model.named_parameters())

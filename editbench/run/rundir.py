@@ -191,10 +191,6 @@ class RunDir:
     def checkpoint_path(self) -> Path:
         return self.path / "checkpoint.pt"
 
-    @property
-    def pre_edit_path(self) -> Path:
-        return self.path / "pre_edit.jsonl"
-
     # -- the directory itself ---------------------------------------------------------------
 
     def create(self) -> None:

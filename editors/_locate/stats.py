@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from editbench.errors import EditbenchError
-from editbench.files import atomic_write, read_jsonl, sha256_file
+from editbench.files import atomic_write, json_digest, read_jsonl, sha256_file
 from editbench.models import weights_fingerprint
 from editbench.progress import bar
 from editbench.resources import cache_dir
@@ -179,7 +179,7 @@ class StatsRequest:
 
 
 def cache_path(root: Path, meta: dict[str, Any]) -> Path:
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+    key = json_digest(meta, 32)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in meta["module"])
     return root / f"{meta['kind']}-{safe}-{key}.pt"
 
@@ -220,7 +220,7 @@ def self_text_path(root: Path, req: StatsRequest) -> tuple[Path, dict[str, Any]]
 
 
 def _texts_sha256(texts: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()
+    return json_digest(list(texts))
 
 
 def save_self_texts(path: Path, meta: dict[str, Any], texts: Sequence[str]) -> None:

@@ -19,13 +19,16 @@ import hashlib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from editbench.errors import EditbenchError
 from editbench.evaluate.generation import _greedy_config, eos_ids, length_batches
 from editbench.tokens import check_fits, encode_prompt, pad_batch
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class _RowSampler:
 
 
 @torch.no_grad()
-def free_generate(handle, prompts: Sequence[str], config: FreeGenConfig,
+def free_generate(handle: ModelHandle, prompts: Sequence[str], config: FreeGenConfig,
                   keys: Sequence[str] | None = None) -> list[str]:
     """The continuation (new text only) of each prompt, up to EOS or ``max_new_tokens``."""
     from transformers import LogitsProcessorList

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editbench.api import EditRequest
 from editbench.errors import EditbenchError
@@ -38,6 +38,9 @@ from editbench.evaluate.quality.semantic import (
     SentenceEncoder,
 )
 from editbench.extras import check
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 METRICS = ("fluency", "consistency", "semantic", "portability")
 # The optional library each metric needs (the `quality` extra).
@@ -125,7 +128,7 @@ class QualitySettings:
 class QualityScorer:
     """Free generations, fluency, consistency and semantic match for one run's requests."""
 
-    def __init__(self, handle, settings: QualitySettings, requests: Sequence[EditRequest]) -> None:
+    def __init__(self, handle: ModelHandle, settings: QualitySettings, requests: Sequence[EditRequest]) -> None:
         self.handle = handle
         self.settings = settings
         self.timings: dict[str, float] = {}
