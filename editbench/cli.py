@@ -1,5 +1,5 @@
-"""``editbench`` command line: argument parsing only; the work is in runner, sweep,
-leaderboard, plots and report."""
+"""``editbench`` command line: argument parsing and printing only; the work is in
+``editbench.run`` (run, sweep, tune) and ``editbench.report`` (tables, plots, the page)."""
 
 from __future__ import annotations
 
@@ -229,6 +229,7 @@ def summary(config: dict, metrics: dict, path) -> str:
             before = pre.get(key)
             shown = "   -  " if before is None else f"{before:6.3f}"
             lines.append(f"  {key:<{width}}  {shown}  {res[key]:.3f}")
+        lines.extend(_few_cases(res))
         empty = res.get("locality_empty_pre")
         if empty is not None and empty > 0.2:
             lines.append(
@@ -246,6 +247,19 @@ def summary(config: dict, metrics: dict, path) -> str:
         f"{metrics['eval_time_s']:.1f} s"
     )
     return "\n".join(lines)
+
+
+def _few_cases(res: dict) -> list[str]:
+    """A line per metric whose value rests on fewer cases than it asks for."""
+    from editbench.evaluate.metrics import min_cases
+
+    out = []
+    for name, count in (res.get("n") or {}).items():
+        least = min_cases(name)
+        if least is not None and count < least and name in res:
+            out.append(f"  note: {name} rests on {count} requests with a known locality prompt "
+                       f"(fewer than {least}): indicative only; known_pre says how many are known")
+    return out
 
 
 def _summary_order(protocol: str, keys: list[str]) -> list[str]:

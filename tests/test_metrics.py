@@ -62,9 +62,9 @@ def test_constraints_and_objective_accept_registered_names_only(toy_metric):
 def test_split_metrics_report_each_kind_and_the_longest_name_owns_a_kind():
     record = {"locality": [
         {"unchanged": True, "unchanged_raw": True, "kind": "neighbourhood", "answer": "x",
-         "pre": "x", "gold_match": None},
+         "pre": "x", "gold": "w", "gold_match": None},
         {"unchanged": False, "unchanged_raw": False, "kind": "distant", "answer": "y",
-         "pre": "z", "gold_match": True},
+         "pre": "z", "gold": "y", "gold_match": True},
     ]}
     scores = score_record("generation", record, {"locality": record["locality"]})
     assert scores["locality"] == [1.0, 0.0]

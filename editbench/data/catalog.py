@@ -262,7 +262,7 @@ _BUILTIN_INFO = {
                  "available": "bundled", "locality": "neighbourhood, distant",
                  "description": "facts smollm2-135m knows, with counterfactual targets"},
     "synthetic": {"records": "any, up to 1,000,000", "source": "generated (seeded)",
-                  "available": "generated", "locality": "distant",
+                  "available": "generated", "locality": "neighbourhood, distant",
                   "description": "generated requests for scale tests (marked synthetic)"},
 }
 

@@ -14,6 +14,7 @@ whole block and scores only its edited requests.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from editbench.evaluate.normalize import (
     has_stop,
     normalize_answer,
 )
+from editbench.evaluate.probability import DEFINITION as PROBABILITY_DEFINITION
+from editbench.evaluate.probability import probability_records
 from editbench.evaluate.prompts import PROMPT_FORMATS
 from editbench.evaluate.records import Accumulator, PreEdit
 from editbench.evaluate.teacher_forced import (
@@ -43,8 +46,13 @@ from editbench.tokens import ContextOverflowError
 if TYPE_CHECKING:
     from editbench.models import ModelHandle
 
-PROTOCOLS = ("generation", "teacher_forced")
+PROTOCOLS = ("generation", "teacher_forced", "probability")
 LOCALITY_DEFINITION = (
+    "locality_known: share of the locality prompts the unedited model knows (its answer "
+    "equals the gold answer after exact-match normalization, or begins with it followed by "
+    "more words; teacher-forced: every gold token is its argmax) that are still answered "
+    "with the gold after editing (teacher-forced: the share of gold tokens still predicted), "
+    "per kind as locality_known_<kind>, and known_pre the share known before; locality: "
     "share of locality prompts whose post-edit answer equals the pre-edit answer after "
     "exact-match normalization (pre-edit answers computed once, before any edit, in the same "
     "fixed batches); locality_raw compares raw strings, locality_gold compares with the gold "
@@ -67,6 +75,7 @@ PROTOCOL_DEFINITIONS = {
         "prompt + ' ' + target fed to the model, argmax at each target position, "
         "score = fraction of target tokens predicted (EasyEdit-compatible)"
     ),
+    "probability": PROBABILITY_DEFINITION,
 }
 _RAW_PROMPT = "from the raw prompt (no chat template)"
 
@@ -214,7 +223,8 @@ class Evaluator:
                 blocks = requests[start:block_end]
                 for protocol in settings.protocols:
                     before = reader.take([r.case_id for r in blocks], protocol) if reader else None
-                    score = self._generation if protocol == "generation" else self._teacher_forced
+                    score = {"generation": self._generation, "teacher_forced": self._teacher_forced,
+                             "probability": self._probability}[protocol]
                     for case in score(chunk, blocks, before, targets):
                         case["chunk"] = k
                         acc[protocol].add_record(case)
@@ -390,6 +400,18 @@ class Evaluator:
             record["locality"] = locs
             record["scores"] = score_record("teacher_forced", record,
                                             before[r.case_id] if before else None)
+            yield record
+
+
+    # -- probability protocol ---------------------------------------------------------------
+
+    def _probability(self, chunk, blocks, before: dict[str, dict] | None, targets: bool):
+        """ROME's probability scores of the chunk's own prompts (no locality blocks: every
+        number compares two objects under the same model, never with the pre-edit one)."""
+        scored = chunk if targets else [dataclasses.replace(r, target_true=None) for r in chunk]
+        for record in probability_records(self.handle, self._blocks(scored), self.settings.batch_size):
+            record["scores"] = score_record("probability", record,
+                                            before[record["case_id"]] if before else None)
             yield record
 
 

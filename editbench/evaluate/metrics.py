@@ -42,6 +42,8 @@ class Metric:
     definition: str
     higher_is_better: bool = True
     rate: bool = True  # a share in [0, 1]: percent in tables, a 0-1 axis in plots
+    signed: bool = False  # a difference of shares, in [-1, 1] (percent, a -1..1 axis)
+    min_n: int | None = None  # a value over fewer cases is flagged in summaries and tables
     split: bool = False  # also reported per kind as <name>_<kind>
     column: bool = False  # a default leaderboard column
     tune: str | None = None  # the short label of its column in `editbench tune`'s table
@@ -124,6 +126,12 @@ def check_name(name: str, protocol: str, what: str, kinds: Iterable[str] = ()) -
 def higher_is_better(name: str) -> bool:
     m = find(name)
     return True if m is None else m.higher_is_better
+
+
+def min_cases(name: str) -> int | None:
+    """How many cases a value of ``name`` must rest on to be reported unflagged."""
+    m = find(name)
+    return None if m is None else m.min_n
 
 
 def is_rate(name: str) -> bool | None:

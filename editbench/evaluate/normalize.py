@@ -72,6 +72,18 @@ def answers_match(answer: str, target: str) -> bool:
     return bool(wanted) and got == wanted
 
 
+def knows(answer: str, gold: str) -> bool:
+    """Whether a generated answer states the gold answer: equal to it after normalization,
+    or beginning with it followed by more words ("Japanese, with a significant minority of"
+    knows "Japanese"; "1990s" does not know "1990"). A gold answer that generation cannot
+    reach (it holds '.' or a newline, or normalizes to "", as ``locality_gold`` leaves out)
+    is never known, and an empty answer knows nothing."""
+    if not gold_reachable(gold):
+        return False
+    wanted, got = normalize_answer(gold), normalize_answer(answer)
+    return got == wanted or got.startswith(wanted + " ")
+
+
 def exact_match(prediction: str, target: str) -> bool:
     return answers_match(prediction, target)
 

@@ -8,10 +8,11 @@ hold token accuracies. The protocols themselves are defined in ``evaluator.py``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from editbench.evaluate.metrics import metric
-from editbench.evaluate.normalize import normalize_answer
+from editbench.evaluate.normalize import knows, normalize_answer
 
 Record = dict[str, Any]
 BOTH = ("generation", "teacher_forced")
@@ -124,7 +125,58 @@ def _locality(record: Record) -> list[dict[str, Any]]:
     return record.get("locality") or []
 
 
-@metric("locality", protocols=("generation",), split=True, column=True, tune="loc",
+MIN_KNOWN = 50
+"""Cases with a known locality prompt that ``locality_known`` must rest on to be reported
+unflagged: at 50 the standard error of a share is at most 0.07 (95% interval +-0.14),
+about the gap that separates editors in the tables."""
+
+_KNOWN = ("locality prompts the unedited model knows (its answer equals the gold answer "
+          "after normalization, or begins with it followed by more words) still answered with "
+          "the gold after editing; locality_known_<kind> per kind")
+
+
+def _known_before(pre: Record | None, record: Record) -> list[bool]:
+    """Per locality prompt: did the unedited model know its gold answer?"""
+    items = _locality(pre if pre is not None else record)
+    return [knows(x["answer"], x["gold"]) for x in items]
+
+
+@metric("locality_known", protocols=("generation",), split=True, column=True, tune="known",
+        min_n=MIN_KNOWN, definition=_KNOWN)
+def _locality_known(record: Record, pre: Record | None) -> list[tuple[float, str | None]]:
+    if pre is None:
+        return []
+    return [(float(knows(x["answer"], x["gold"])), x["kind"])
+            for x, known in zip(_locality(record), _known_before(pre, record), strict=True) if known]
+
+
+@metric("known_pre", protocols=("generation",), tune="kn_pre",
+        definition="locality prompts the unedited model knows (see locality_known)")
+def _known_pre(record: Record, pre: Record | None) -> list[float]:
+    return [float(k) for k in _known_before(pre, record)]
+
+
+def _tf_known_before(pre: Record | None, record: Record) -> list[bool]:
+    return [x["gold_accuracy"] == 1.0 for x in _locality(pre if pre is not None else record)]
+
+
+@metric("locality_known", protocols=("teacher_forced",), split=True, column=True, tune="known",
+        min_n=MIN_KNOWN, definition=_KNOWN)
+def _locality_known_teacher_forced(record: Record, pre: Record | None) -> list[tuple[float, str | None]]:
+    # Known: every gold token was the unedited model's argmax; kept: the share still is.
+    if pre is None:
+        return []
+    return [(x["gold_accuracy"], x["kind"])
+            for x, known in zip(_locality(record), _tf_known_before(pre, record), strict=True) if known]
+
+
+@metric("known_pre", protocols=("teacher_forced",), tune="kn_pre",
+        definition="locality prompts the unedited model knows (see locality_known)")
+def _known_pre_teacher_forced(record: Record, pre: Record | None) -> list[float]:
+    return [float(k) for k in _tf_known_before(pre, record)]
+
+
+@metric("locality", protocols=("generation",), split=True, tune="loc",
         definition="locality prompts that keep their pre-edit behaviour (generation: the same "
         "normalized answer; teacher-forced: the share of pre-edit predicted tokens predicted "
         "again); locality_<kind> per kind")
@@ -134,7 +186,7 @@ def _locality_generation(record: Record, pre: Record | None) -> list[tuple[float
     return [(float(x["unchanged"]), x["kind"]) for x in _locality(record)]
 
 
-@metric("locality", protocols=("teacher_forced",), split=True, column=True, tune="loc",
+@metric("locality", protocols=("teacher_forced",), split=True, tune="loc",
         definition="locality prompts that keep their pre-edit behaviour (generation: the same "
         "normalized answer; teacher-forced: the share of pre-edit predicted tokens predicted "
         "again); locality_<kind> per kind")
@@ -199,3 +251,50 @@ def _locality_argmax(record: Record, pre: Record | None) -> list[float]:
         "the vocabulary as one bucket, at the first dist_tokens continuation positions")
 def _locality_kl(record: Record, pre: Record | None) -> list[float]:
     return [x["kl"] for x in _locality(record) if "kl" in x]
+
+
+# -- the probability protocol (ROME / MEMIT CounterFact scores) ---------------------------
+
+
+def _better(items: list[dict[str, Any]], first: str, second: str) -> list[float]:
+    return [float(x[first] < x[second]) for x in items]
+
+
+def _margin(items: list[dict[str, Any]], first: str, second: str) -> list[float]:
+    return [math.exp(-x[first]) - math.exp(-x[second]) for x in items]
+
+
+@metric("efficacy_score", protocols=("probability",), column=True,
+        definition="edit prompts with P(target_new) > P(target_true) (ROME's ES)")
+def _efficacy_score(record: Record, pre: Record | None) -> list[float]:
+    return _better(record.get("efficacy") or [], "nll_new", "nll_true")
+
+
+@metric("efficacy_magnitude", protocols=("probability",), signed=True,
+        definition="mean P(target_new) - P(target_true) on edit prompts (ROME's EM)")
+def _efficacy_magnitude(record: Record, pre: Record | None) -> list[float]:
+    return _margin(record.get("efficacy") or [], "nll_new", "nll_true")
+
+
+@metric("paraphrase_score", protocols=("probability",), column=True,
+        definition="paraphrases with P(target_new) > P(target_true) (ROME's PS)")
+def _paraphrase_score(record: Record, pre: Record | None) -> list[float]:
+    return _better(record.get("paraphrase") or [], "nll_new", "nll_true")
+
+
+@metric("paraphrase_magnitude", protocols=("probability",), signed=True,
+        definition="mean P(target_new) - P(target_true) on paraphrases (ROME's PM)")
+def _paraphrase_magnitude(record: Record, pre: Record | None) -> list[float]:
+    return _margin(record.get("paraphrase") or [], "nll_new", "nll_true")
+
+
+@metric("neighbourhood_score", protocols=("probability",), column=True,
+        definition="neighbourhood prompts with P(target_true) > P(target_new) (ROME's NS)")
+def _neighbourhood_score(record: Record, pre: Record | None) -> list[float]:
+    return _better(record.get("neighbourhood") or [], "nll_true", "nll_new")
+
+
+@metric("neighbourhood_magnitude", protocols=("probability",), signed=True,
+        definition="mean P(target_true) - P(target_new) on neighbourhood prompts (ROME's NM)")
+def _neighbourhood_magnitude(record: Record, pre: Record | None) -> list[float]:
+    return _margin(record.get("neighbourhood") or [], "nll_true", "nll_new")

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from editbench.errors import EditbenchError
+from editbench.evaluate.metrics import min_cases
 from editbench.report.runs import Run, collect, settings_digest
 from editbench.report.tables import Stat, Table, build
 
 FORMATS = ("md", "latex", "csv", "html", "json")
+FEW_MARK = "†"
 JSON_SCHEMA = Path(__file__).resolve().parent / "schemas" / "leaderboard.schema.json"
 SCHEMA_ID = "editbench.leaderboard/1"
 
@@ -31,7 +33,7 @@ def _cell_parts(stat: Stat | None, percent: bool) -> tuple[str, str | None, int]
     if stat is None:
         return "-", None, 0
     std = None if stat.std is None else _value(stat.std, percent)
-    return _value(stat.mean, percent), std, stat.n
+    return _value(stat.mean, percent) + (FEW_MARK if stat.few else ""), std, stat.n
 
 
 def _plain_cell(stat: Stat | None, percent: bool, bold: tuple[str, str]) -> str:
@@ -50,6 +52,11 @@ def _notes(table: Table) -> list[str]:
         own = {k: v for k, v in col.key.items() if k not in table.shared}
         if own:
             lines.append(f"[{col.label}] " + "; ".join(f"{k}: {_describe(v)}" for k, v in own.items()))
+    flagged = sorted({m for (_, _), cell in table.cells.items() for m, s in cell.items()
+                      if s.few and m in table.metrics})
+    for m in flagged:
+        lines.append(f"{FEW_MARK} {m}: rests on fewer than {min_cases(m)} requests with a prompt "
+                     "it applies to (known locality facts); read it as indicative only.")
     scaled = [m for m in table.metrics if table.percent.get(m)]
     if scaled:
         lines.append(f"{', '.join(scaled)}: percent (x100). Best value per column in bold; "
@@ -87,7 +94,8 @@ def _md_row(cells: Sequence[str]) -> str:
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$"}
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$",
+                  FEW_MARK: r"$^\dagger$"}
 
 
 def latex_escape(text: str) -> str:
@@ -113,6 +121,7 @@ def to_latex(tables: Sequence[Table]) -> str:
                 for m in t.metrics:
                     stat = t.stat(r, c, m)
                     mean, std, n = _cell_parts(stat, t.percent.get(m, True))
+                    mean = latex_escape(mean)
                     text = rf"\textbf{{{mean}}}" if stat is not None and stat.best else mean
                     cells.append(text if std is None else rf"{text}$\pm${std}$_{{n={n}}}$")
             lines.append(" & ".join(cells) + r" \\")

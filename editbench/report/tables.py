@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
-from editbench.evaluate.metrics import higher_is_better, is_rate
+from editbench.evaluate.metrics import higher_is_better, is_rate, min_cases
 from editbench.report.runs import (
     Run,
     comparability_key,
@@ -41,6 +41,7 @@ class Stat:
     values: list[float]
     runs: list[str]
     best: bool = False
+    few: bool = False  # some run's value rests on fewer cases than the metric asks for
 
     @property
     def n(self) -> int:
@@ -130,10 +131,14 @@ def _table(protocol: str, items: list[tuple[Run, dict[str, Any]]]) -> Table:
         rid = settings_digest([*base, hp])
         rows.setdefault(rid, Row(rid, editor, label))
         cell = table.cells.setdefault((rid, cid), {})
+        counts = (run.metrics["results"].get(protocol) or {}).get("n") or {}
         for name, value in point_metrics(run.metrics["results"], protocol).items():
             stat = cell.setdefault(name, Stat([], []))
             stat.values.append(value)
             stat.runs.append(str(run.path))
+            least = min_cases(name)
+            if least is not None and isinstance(counts.get(name), int) and counts[name] < least:
+                stat.few = True
     table.columns = list(columns.values())
     _label_columns(table.columns)
     table.rows = sorted(rows.values(), key=lambda r: (r.editor, r.label))
@@ -186,13 +191,25 @@ def _short(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+# A default column and the older definition shown where no run reports it (runs written
+# before known-fact locality existed).
+_FALLBACK = {"locality_known": "locality"}
+
+
+def _defaults_for(available: Sequence[str]) -> list[str]:
+    return [m if m in available or _FALLBACK.get(m) not in available else _FALLBACK[m]
+            for m in default_metrics()]
+
+
 def _select_metrics(tables: list[Table], metrics: Sequence[str] | str | None) -> None:
     available: list[str] = []
     for t in tables:
         available.extend(m for m in t.available if m not in available)
-    if metrics is None:
-        chosen = [m for m in default_metrics() if m in available] or available
-    elif metrics == "all":
+    if metrics is None:  # each table its own default columns
+        for t in tables:
+            t.metrics = [m for m in _defaults_for(t.available) if m in t.available] or t.available
+        return
+    if metrics == "all":
         chosen = available
     else:
         chosen = list(metrics)

@@ -103,6 +103,8 @@ def plan_run(spec: RunSpec) -> Plan:
             limit=spec.capability_limit, batch_size=spec.eval_batch_size,
             data_dir=spec.capability_data_dir))
     _warn_about_answers(final_set)
+    if "probability" in spec.protocols:
+        _warn_without_true(final_set)
     return Plan(spec, editor_cls, config, resolved, dataset, step, final_set, sample, settings,
                 capability, _quality_settings(spec))
 
@@ -153,6 +155,14 @@ def eval_sample(requests: list[EditRequest], n: int | None, seed: int) -> list[E
         return list(requests)
     keep = set(random.Random(f"eval-sample:{seed}").sample(range(len(requests)), n))
     return [r for i, r in enumerate(requests) if i in keep]
+
+
+def _warn_without_true(requests: Sequence[EditRequest]) -> None:
+    missing = [r.case_id for r in requests if r.target_true is None]
+    if missing:
+        log.warning("probability protocol: %d of %d requests have no target_true (e.g. case %s; "
+                    "the data names no true object): they are left out of its scores",
+                    len(missing), len(requests), missing[0])
 
 
 def _warn_about_answers(requests: Sequence[EditRequest]) -> None:
