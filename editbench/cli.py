@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="sweep an editor's tuning location and lr, write its hparams")
     tu.add_argument("--editor", required=True)
-    tu.add_argument("--dataset", required=True, help="dataset name or file (the slice is held out)")
+    tu.add_argument("--dataset", help="dataset name or file (default: the model's known-fact "
+                    "tuning slice, known-<model>-tune, built by editbench known-facts)")
     tu.add_argument("--num", type=_argtype(parse_positive), default=50, help="requests in the tuning slice (default 50)")
     tu.add_argument("--take", choices=["last", "first"], default="last",
                     help="slice from the end of the dataset (default; runs use the first T) or the start")
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--dry-run", dest="dry", action="store_true", help="print only, write no YAML")
     add_spec_options(tu, ["model", "seed", "device", "dtype", "data_dir", "target", "max_new_tokens",
                           "eval_batch_size", "prompt_format"])
+
+    kf = sub.add_parser("known-facts", help="scan which locality facts a model knows and write "
+                        "an editing dataset of them (tuning and evaluation slices)")
+    add_spec_options(kf, ["model", "device", "dtype", "data_dir", "prompt_format", "seed"])
+    kf.add_argument("--sources", default="counterfact-3k,zsre-3k",
+                    help="comma-separated dataset names or files to scan (default: "
+                    "counterfact-3k,zsre-3k)")
+    kf.add_argument("--output", help="folder for tune.json, eval.json and the card (default: the "
+                    "user cache, where runs find them as known-<model>-tune|eval)")
+    kf.add_argument("--tune-fraction", type=float, default=0.3,
+                    help="share of the subjects in the tuning slice (default 0.3)")
+    kf.add_argument("--max-new-tokens", type=_argtype(parse_positive), default=16,
+                    help="new tokens per scanned answer (default 16)")
+    kf.add_argument("--batch-size", type=_argtype(parse_positive), default=32)
 
     sw = sub.add_parser("sweep", help="run every cell of a grid (editors x models x datasets ...)")
     sw.add_argument("grid", help="a grid .yaml or a shipped grid's name (editbench list grids)")
@@ -300,6 +315,26 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_known_facts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from editbench.data import load_dataset
+    from editbench.data.known import KnownSettings, build, known_dir
+    from editbench.models import load_model
+
+    settings = KnownSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                             prompt_format=args.prompt_format, tune_fraction=args.tune_fraction,
+                             seed=args.seed)
+    names = [s.strip() for s in args.sources.split(",") if s.strip()]
+    sources = [load_dataset(n, data_dir=args.data_dir) for n in names]
+    handle = load_model(args.model, args.device, args.dtype)
+    out = Path(args.output) if args.output else known_dir(args.model)
+    build(handle, sources, out, settings, args.model)
+    print((out / "README.md").read_text(), end="")
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     rows = _list_rows(args.what, args.data_dir)
     if args.json:
@@ -436,7 +471,7 @@ def _cmd_capability(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "tune": _cmd_tune, "list": _cmd_list, "hparams": _cmd_hparams,
+COMMANDS = {"run": _cmd_run, "tune": _cmd_tune, "known-facts": _cmd_known_facts, "list": _cmd_list, "hparams": _cmd_hparams,
             "leaderboard": _cmd_leaderboard, "capability": _cmd_capability, "sweep": _cmd_sweep,
             "plot": _cmd_plot, "report": _cmd_report}
 

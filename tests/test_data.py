@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import closed_port_url
+from conftest import SHARED_DATA, closed_port_url, shared_file
 from editbench.api import EditbenchError, EditRequest, LocalityPrompt
 from editbench.data import (
     DEFAULT_DATASET,
@@ -236,10 +236,12 @@ def test_flat_records_with_strings_lists_extras_and_missing_optionals(tmp_path: 
     r0, r1, r2, r3, r4, r5, r6 = ds.requests
     assert r0.case_id == "0" and r0.target_true == "Europe"
     assert r0.rephrase_prompts == ("The continent of Entity 0 is",)
-    assert r0.locality == (LocalityPrompt("Mount Example is in", "Europe"),)
+    # A locality answer that is the true object marks CounterFact's neighbourhood prompts.
+    assert r0.locality == (LocalityPrompt("Mount Example is in", "Europe", "neighbourhood"),)
     assert r1.rephrase_prompts == ("Entity 1 lies in", "Entity 1 can be found in")
     assert r1.locality == (LocalityPrompt("A is in", "Europe"), LocalityPrompt("B is in", "Africa"))
     assert [loc.answer for loc in r2.locality] == ["Europe", "Europe"]
+    assert [loc.kind for loc in r2.locality] == ["neighbourhood", "neighbourhood"]
     assert (r3.case_id, r3.target_true, r3.rephrase_prompts, r3.locality) == ("s3", None, (), ())
     assert (r4.rephrase_prompts, r4.locality) == ((), ())
     assert r5.target_true == "Europe" and r5.locality[0].answer == "Europe"
@@ -670,3 +672,15 @@ def test_jsonl_record_may_hold_a_unicode_line_separator(tmp_path):
                     + json.dumps({**rec, "case_id": 1}, ensure_ascii=False) + "\n", encoding="utf-8")
     requests = load_dataset(str(path)).requests
     assert [r.target_new for r in requests] == ["Rome\u2028Lazio"] * 2
+
+
+def test_a_file_loaded_by_path_gets_the_kinds_it_gets_by_name():
+    path = shared_file("counterfact", "counterfact_3k.json")
+    by_name = load_dataset("counterfact-3k", data_dir=str(SHARED_DATA), num=50).requests
+    by_path = load_dataset(str(path), num=50).requests
+    assert [[loc.kind for loc in r.locality] for r in by_path] == \
+        [[loc.kind for loc in r.locality] for r in by_name]
+    assert all(loc.kind == "neighbourhood" for r in by_path for loc in r.locality)
+    # CounterFact's other flat files carry the same mark (answer = the true object).
+    train = load_dataset(str(shared_file("counterfact", "counterfact_train.json")), num=20).requests
+    assert all(loc.kind == "neighbourhood" for r in train for loc in r.locality)

@@ -22,7 +22,17 @@ def test_pick_rule_and_pareto_front():
     terms = ["reliability", "generalization"]
     assert pick(rows, terms, cons) == (rows[1], True)
     assert [r["location"] for r in pareto_front(rows, terms, cons)] == ["a", "b"]
-    assert pick(rows, terms, [("locality_neighbourhood", ">=", 0.95)]) == (rows[1], False)
+    # No row meets 0.95: the closest on 50 requests (b, 2.5 requests short) wins over c (5 short).
+    assert pick(rows, terms, [("locality_neighbourhood", ">=", 0.95)], 50) == (rows[1], False)
+    # Within one request of the closest is a tie, broken by the objective: d is one request
+    # (0.02 of 50) further from the bound than b and far better on the objective.
+    d = {"location": "d", "reliability": 1.0, "generalization": 0.9, "locality_neighbourhood": 0.88, "seconds": 1}
+    assert pick([*rows, d], terms, [("locality_neighbourhood", ">=", 0.95)], 50) == (d, False)
+    # The number of requests a metric rests on comes from the row when it has it.
+    d_few = {**d, "n": {"locality_neighbourhood": 10}}
+    assert pick([*rows, d_few], terms, [("locality_neighbourhood", ">=", 0.95)], 50) == (d_few, False)
+    far = {**d, "locality_neighbourhood": 0.5}
+    assert pick([*rows, far], terms, [("locality_neighbourhood", ">=", 0.95)], 50) == (rows[1], False)
 
 
 @pytest.mark.parametrize("call", [

@@ -10,11 +10,13 @@ Third-party packages register theirs the same way, with ``@register_dataset`` or
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
 from editbench.data import synthetic as _synthetic
 from editbench.data.formats import ParsedFile, read_file
+from editbench.data.known import built_known
 from editbench.data.loader import LoadedDataset, load_path
 from editbench.data.sources import DatasetGroup, DatasetSource, find_local, resolve, resolve_group
 from editbench.errors import EditbenchError
@@ -300,4 +302,10 @@ def describe_datasets(data_dir: str | None = None) -> list[dict[str, object]]:
         else:
             rows.append({"name": name, "records": None, "source": "a plugin (entry point)",
                          "available": "-", "locality": "-", "description": ""})
+    for name, path in built_known():
+        card = json.loads((path.parent / "card.json").read_text())
+        part = card["files"][path.stem]
+        rows.append({"name": name, "records": part["records"], "source": "editbench known-facts",
+                     "available": f"local: {path}", "locality": "neighbourhood, distant",
+                     "description": f"locality facts {card['model']['name']} knows ({path.stem} slice)"})
     return rows

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from editbench.api import EditbenchError, EditRequest
 from editbench.data.formats import ParsedFile, read_file
+from editbench.data.known import resolve_known
 from editbench.data.references import attach_attribute_snippets
 from editbench.registry import DATASETS
 
@@ -90,7 +91,10 @@ def load_dataset(name_or_path: str, *, data_dir: str | None = None, num: int | N
         raise EditbenchError(f"dataset: expected a name or a file path, got {name_or_path!r}")
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
-    if path.is_file():
+    known = resolve_known(text)
+    if known is not None:  # known-<model>-tune|eval, built by `editbench known-facts`
+        loaded = load_path(known, name=text, target=target)
+    elif path.is_file():
         loaded = load_path(path, name=text, target=target)
     elif text not in DATASETS and _looks_like_path(text):
         raise EditbenchError(f"dataset file {text!r} not found")

@@ -273,6 +273,10 @@ def _parse_flat(rec: Record, default_id: str, target: str) -> EditRequest:
                 loc_value,
             )
         kinds = _flat_kinds(rec, len(loc_prompts))
+        if all(k is None for k in kinds) and truths and all(a == truths[0] for a in answers):
+            # CounterFact's neighbourhood prompts: the same relation about other subjects
+            # that have the true object (the flat files carry no kind; this is their mark).
+            kinds = ["neighbourhood"] * len(kinds)
         locality = [LocalityPrompt(p, a, k) for p, a, k in zip(loc_prompts, answers, kinds, strict=True)]
     return EditRequest(
         case_id=case_id,

@@ -27,7 +27,14 @@ from typing import Any
 import yaml
 
 from editbench.api import LOCALITY_KINDS
-from editbench.config import build_config, hparams_for, hparams_name, load_hparams, read_yaml
+from editbench.config import (
+    build_config,
+    hparams_for,
+    hparams_model_key,
+    hparams_name,
+    load_hparams,
+    read_yaml,
+)
 from editbench.data import load_dataset
 from editbench.errors import EditbenchError
 from editbench.evaluate.metrics import check_name, find, tune_columns
@@ -56,14 +63,14 @@ _CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([0-9.]+)\s*$")
 class TuneSpec:
     editor: str
     model: str
-    dataset: str
+    dataset: str | None = None  # None: the model's known-fact tuning slice (known-<model>-tune)
     num: int = 50
     take: str = "last"  # which end of the dataset the tuning slice comes from
     templates: tuple[str, ...] = ("mlp_down",)
     layers: tuple[int, ...] | None = None  # coarse layers (default: ~7 evenly spaced)
     lr_factors: tuple[float, ...] = (0.3, 3.0)  # fine stage: base lr times these
     objective: str = "reliability+generalization"
-    constraints: tuple[str, ...] = ("locality_neighbourhood>=0.8",)
+    constraints: tuple[str, ...] = ("locality_known>=0.8",)
     overrides: dict[str, Any] = field(default_factory=dict)
     hparams_file: str | None = None
     output: str | None = None
@@ -142,22 +149,43 @@ def pareto_front(rows: list[dict[str, Any]], terms: list[str], constraints) -> l
     return front
 
 
-def pick(rows: list[dict[str, Any]], terms: list[str], constraints) -> tuple[dict[str, Any], bool]:
+def shortfall(row: dict[str, Any], constraints, num: int) -> float:
+    """How many requests a row is from meeting every constraint: the largest gap to a bound
+    times the number of requests its metric rests on (``row["n"]``, else ``num``)."""
+    worst = 0.0
+    for metric, op, bound in constraints:
+        value = row.get(metric)
+        n = (row.get("n") or {}).get(metric, num)
+        gap = 1.0 if value is None else max(0.0, bound - value if op == ">=" else value - bound)
+        worst = max(worst, gap * max(n, 1))
+    return worst
+
+
+def pick(rows: list[dict[str, Any]], terms: list[str], constraints,
+         num: int = 1) -> tuple[dict[str, Any], bool]:
     """The best objective among rows meeting every constraint (ties: the better first
-    constrained metric, then the faster); else the row closest to meeting them."""
+    constrained metric, then the earlier row: seconds vary between machines and runs, so a
+    resumed sweep would not pick the same); else, among the rows within one request of the
+    closest one (a difference of one request is noise), the best objective."""
     ok = [r for r in rows if _satisfies(r, constraints)]
     first = constraints[0][0] if constraints else None
+    order = {id(r): i for i, r in enumerate(rows)}
 
     def rank(r):
-        return (_score(r, terms), (r.get(first) or 0.0) if first else 0.0, -r["seconds"])
+        return (_score(r, terms), (r.get(first) or 0.0) if first else 0.0, -order[id(r)])
 
     if ok:
         return max(ok, key=rank), True
-    return max(rows, key=lambda r: ((r.get(first) or 0.0) if first else 0.0, _score(r, terms))), False
+    gaps = [shortfall(r, constraints, num) for r in rows]
+    closest = min(gaps)
+    near = [r for r, g in zip(rows, gaps, strict=True) if g <= closest + 1.0 + 1e-9]
+    return max(near, key=rank), False
 
 
 class Tuner:
     def __init__(self, spec: TuneSpec) -> None:
+        if spec.dataset is None:  # the model's known-fact tuning slice
+            spec = dataclasses.replace(spec, dataset=f"known-{hparams_model_key(spec.model)}-tune")
         self.spec = spec
         self.editor_cls = EDITORS.get(spec.editor)
         self.base, self.base_raw = load_hparams(
@@ -222,7 +250,7 @@ class Tuner:
         res = results["generation"]
         row = {"stage": stage, "location": label, "overrides": overrides,
                "seconds": round(time.perf_counter() - t0, 1),
-               **{k: v for k, v in res.items() if k != "n"}}
+               **res}
         self.rows[key] = row
         with (self.out / "tune.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(dumps(row) + "\n")
@@ -249,12 +277,15 @@ class Tuner:
             for overrides, label in plan:
                 self.evaluate_point(overrides, "coarse", label)
                 pbar.update(1)
-            best, _ = pick(list(self.rows.values()), self.terms, self.constraints)
+            # The fine stage centres on the best coarse point, so a resumed sweep (which
+            # reads the fine points back too) plans the same fine points.
+            coarse_rows = [r for r in self.rows.values() if r["stage"] == "coarse"]
+            best, _ = pick(coarse_rows, self.terms, self.constraints, len(self.requests))
             for overrides, label in self._fine_points(best, coarse, num_layers, lr_key, base_lr):
                 self.evaluate_point(overrides, "fine", label)
                 pbar.update(1)
         rows = list(self.rows.values())
-        chosen, meets = pick(rows, self.terms, self.constraints)
+        chosen, meets = pick(rows, self.terms, self.constraints, len(self.requests))
         front = pareto_front(rows, self.terms, self.constraints)
         result = {"rows": rows, "front": front, "chosen": chosen, "meets_constraints": meets,
                   "rule": self.rule(), "slice": self.slice}
