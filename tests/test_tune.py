@@ -62,13 +62,16 @@ def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
     assert {r["location"] for r in rows if r["stage"] == "coarse"} == {"mlp_down@1", "mlp_down@3"}
     assert "Pareto front:" in printed and "rule: maximize reliability+generalization" in printed
     text = written.read_text()
-    assert text.startswith("# locft_bf on") and "<-" in text
-    label = next(ln for ln in text.splitlines() if ln.startswith("# chosen: "))[len("# chosen: "):]
-    chosen = next(r for r in rows if r["location"] == label)
+    # Settings and one line of provenance; the sweep itself in the sidecar beside the YAML.
+    assert text.startswith("# locft_bf on") and sum(ln.startswith("#") for ln in text.splitlines()) == 1
+    sidecar = json.loads((tmp / "tuned.tune.json").read_text())
+    assert "tuned.tune.json" in text.splitlines()[0] and "<-" in sidecar["table"]
+    chosen = next(r for r in rows if r["location"] == sidecar["chosen"])
+    assert sidecar["points"] == rows and sidecar["meets_rule"] is True
     tuned = yaml.safe_load(text)
     for key, value in chosen["overrides"].items():
         assert tuned[key] == value
-    assert tuned["epochs"] == 3 and "# with --set epochs=3." in text  # what every point ran with
+    assert tuned["epochs"] == 3 and "with --set epochs=3" in text  # what every point ran with
     # Run again: every point is read back, nothing is recomputed.
     assert main(args) == 0
     assert len((out / "tune.jsonl").read_text().splitlines()) == len(rows)
@@ -105,4 +108,4 @@ def test_tune_applies_the_prompt_format_to_every_prompt(tiny_run, capsys, monkey
                  "--constraint", "locality>=0.0", "--max-new-tokens", "4", "--device", "cpu",
                  "--prompt-format", "qa", "--output", str(tmp / "qa-sweep"), "--write", str(written)]) == 0
     assert seen and all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in seen)
-    assert "prompt format qa" in written.read_text().splitlines()[1]
+    assert json.loads((tmp / "qa.tune.json").read_text())["prompt_format"] == "qa"

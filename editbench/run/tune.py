@@ -21,6 +21,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,17 @@ from editbench.data import load_dataset
 from editbench.errors import EditbenchError
 from editbench.evaluate.metrics import check_name, find, tune_columns
 from editbench.evaluate.prompts import check_prompt_format, format_request
-from editbench.files import atomic_write_text, dumps, json_default, json_digest, read_jsonl
+from editbench.files import (
+    atomic_write_json,
+    atomic_write_text,
+    dumps,
+    json_default,
+    json_digest,
+    read_jsonl,
+)
 from editbench.progress import bar
 from editbench.registry import EDITORS
+from editbench.run.rundir import git_revision
 
 
 def columns() -> list[tuple[str, str]]:
@@ -386,18 +395,24 @@ class Tuner:
         for key, value in {**fixed, **chosen["overrides"]}.items():
             raw[key] = value
         build_config(self.editor_cls.config_class, raw, f"{path} (tuned)")  # still valid
+        sidecar = path.with_name(path.stem + ".tune.json")
         with_set = "".join(f" --set {k}={v}" for k, v in fixed.items())
-        lines = [
-            f"# {self.spec.editor} on {self.spec.model}: location and lr from `editbench tune` on "
-            f"{self.spec.dataset} {self.slice},",
-            f"# generation protocol, prompt format {self.spec.prompt_format}, {self.rule()}"
-            + (f",\n# with{with_set}." if with_set else "."),
-            *(f"#   {line}" for line in format_table(rows, chosen).splitlines()),
-            "# " + ("chosen: " if meets else "no point met the rule; chosen (closest): ")
-            + chosen["location"],
-        ]
+        # The YAML holds the settings and one line of provenance; what the sweep measured is
+        # in the sidecar beside it.
+        provenance = (f"# {self.spec.editor} on {self.spec.model}: "
+                      + ("chosen" if meets else "closest to the rule") + f" by `editbench tune` "
+                      f"({chosen['location']}) on {self.spec.dataset}, {self.rule()}"
+                      + (f", with{with_set}" if with_set else "") + f"; the sweep: {sidecar.name}")
         body = yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
-        atomic_write_text(path, "\n".join(lines) + "\n" + body)
+        atomic_write_text(path, provenance + "\n" + body)
+        atomic_write_json(sidecar, {
+            "editor": self.spec.editor, "model": self.spec.model, "dataset": self.spec.dataset,
+            "slice": self.slice, "prompt_format": self.spec.prompt_format,
+            "protocol": "generation", "rule": self.rule(), "set": fixed,
+            "chosen": chosen["location"], "meets_rule": meets, "table": format_table(rows, chosen),
+            "points": rows, "git_revision": git_revision(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
         return path
 
 
