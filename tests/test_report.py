@@ -85,7 +85,7 @@ def test_report_renders_in_headless_chromium(tiny_sweep, tmp_path):
             assert row["label"] in text
             for cell in row["cells"].values():
                 assert f"{100 * cell['reliability']['mean']:.1f}" in text
-    assert "8 cells: 8 done, 0 failed, 0 skipped" in text
+    assert "8 cells: 8 finished (0 skipped because they had finished before), 0 failed, 0 not run" in text
     assert 'id="run-0-' in dom.stdout and "config.json" in text  # each run's settings
 
     shot = tmp_path / "shot.png"

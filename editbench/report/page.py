@@ -1,8 +1,9 @@
 """``editbench report``: one self-contained HTML page for a sweep (or any runs).
 
-The leaderboard tables, the curves (PNG embedded as data URIs, so the page is one file
-that can be mailed or archived), the sweep's cell outcomes with their errors, and every
-run's resolved settings one click away (each table cell links to its runs).
+The sweep's state (finished, failed, not run) with each cell's outcome and error, the
+leaderboard tables, the curves (PNG embedded as data URIs, so the page is one file that
+can be mailed or archived), and every run's resolved settings one click away (each table
+cell links to its runs).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from editbench.files import atomic_write_text
 from editbench.report.leaderboard import html_page, to_html
 from editbench.report.runs import Run, collect
 from editbench.report.tables import build
-from editbench.run.sweep import sweep_state
+from editbench.run.sweep import STATUS_WORDS, describe_cells, sweep_state
 
 # Opens a run's <details> when a table link jumps to it.
 _OPEN_TARGET = ("<script>function openTarget(){var e=document.getElementById(location.hash.slice(1));"
@@ -48,20 +49,23 @@ def _sweep_section(dirs: Sequence[str | Path]) -> str:
         state = sweep_state(d)
         if state is None:
             continue
+        cells = state["cells"]
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td class=\"{html.escape(c['status'])}\">"
-            f"{html.escape(c['status'])}</td><td>{c.get('seconds', 0):.0f}</td>"
-            f"<td>{html.escape(c.get('error') or '')}</td></tr>"
-            for name, c in state["cells"].items()
+            f"<tr><th scope=\"row\">{html.escape(name)}</th><td class=\"{html.escape(c['status'])}\">"
+            f"{html.escape(STATUS_WORDS.get(c['status'], c['status']))}</td>"
+            f"<td>{c.get('seconds', 0):.0f}</td><td>{html.escape(c.get('error') or '')}</td></tr>"
+            for name, c in cells.items()
         )
-        counts = {s: sum(c["status"] == s for c in state["cells"].values()) for s in ("done", "failed", "skipped")}
+        finished = state.get("finished") or "not finished (interrupted or still running)"
+        about = f" ({html.escape(state['description'])})" if state.get("description") else ""
         parts.append(
-            f"<h2>Sweep {html.escape(str(d))}</h2><p>grid {html.escape(state['grid'])}; "
-            f"{len(state['cells'])} cells: {counts['done']} done, {counts['failed']} failed, "
-            f"{counts['skipped']} skipped (finished before); executor {html.escape(state['executor'])}; "
-            f"started {html.escape(state['started'])}, finished {html.escape(str(state['finished']))}</p>"
-            f"<details><summary>cells</summary><table><thead><tr><th>cell</th><th>status</th><th>s</th>"
-            f"<th>error</th></tr></thead><tbody>{rows}</tbody></table></details>"
+            f"<h2>Sweep {html.escape(Path(d).name)}</h2>"
+            f'<p class="sweep-state">{html.escape(describe_cells(c["status"] for c in cells.values()))}.</p>'
+            f'<p class="meta">grid {html.escape(state["grid"])}{about}; executor '
+            f"{html.escape(state['executor'])}; started {html.escape(state['started'])}, finished "
+            f"{html.escape(str(finished))}; folder {html.escape(str(d))}</p>"
+            f"<details><summary>cells</summary><table><thead><tr><th>cell</th><th>status</th>"
+            f"<th>seconds</th><th>error</th></tr></thead><tbody>{rows}</tbody></table></details>"
         )
     return "\n".join(parts)
 
