@@ -1,4 +1,4 @@
-"""Curves and the HTML report of real tiny-model runs; the report opened in headless Chromium."""
+"""Figures and the HTML report of real tiny-model runs; the report opened in headless Chromium."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from editbench.cli import main
+from editbench.evaluate.metrics import is_rate
 from editbench.report.leaderboard import build, collect, to_json
-from editbench.report.plots import lines, render
+from editbench.report.plots import TITLES, figure, lines, parts, render
 
 
 def test_curves_join_curve_points_and_runs_of_other_sizes(tiny_sweep):
@@ -38,7 +39,96 @@ def test_plot_writes_png_and_svg(tiny_sweep, tmp_path):
     text = svg.read_text()
     assert text.startswith("<?xml") and "<svg" in text
     assert "generation: locality_raw" in text and "teacher_forced: reliability" in text
-    assert render(collect([tiny_sweep]), "svg") == render(collect([tiny_sweep]), "svg")  # no timestamps
+    runs = collect([tiny_sweep])
+    assert render(runs, "svg") == render(collect([tiny_sweep]), "svg")  # no timestamps
+    assert render(runs, "png") == render(collect([tiny_sweep]), "png")
+
+
+def _cells(sweep_dir: Path, *patterns: str) -> list[Path]:
+    return sorted(p for pattern in patterns for p in sweep_dir.glob(pattern))
+
+
+def _data_line(container) -> bool:
+    """An errorbar container that draws a line through its points (a curve, not a bar's whiskers)."""
+    return type(container).__name__ == "ErrorbarContainer" and container.lines[0] is not None
+
+
+def _integer_ticks(ax) -> list[float]:
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+    return ticks
+
+
+def test_lines_with_several_points_are_curves_on_fixed_rate_axes(tiny_sweep):
+    pytest.importorskip("matplotlib", reason='plots need the plot extra: pip install -e ".[plot]"')
+    runs = collect([tiny_sweep])
+    assert parts(runs) == ["curves"]  # every line has points at 2 and 4 edits
+    fig = figure(runs)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"{p}: {m}" for p in ("generation", "teacher_forced")
+                      for m in ("reliability", "generalization", "locality", "capability")]
+    for ax in fig.axes:
+        metric = ax.get_title().split(": ")[1]
+        assert not ax.patches, "a curve panel holds no bars"
+        assert any(_data_line(c) for c in ax.containers)
+        if is_rate(metric):
+            assert ax.get_ylim() == (0, 1) and ax.yaxis.get_major_formatter()(0.5, 0) == "50%"
+            assert _integer_ticks(ax) == [2, 4]
+            drawn = [c.lines[0] for c in ax.containers if _data_line(c)]
+            assert max(len(line.get_xdata()) for line in drawn) == 2  # a curve, not a point
+        else:  # capability is no registered metric: its axis follows its values
+            assert is_rate(metric) is None and ax.get_autoscaley_on() and ax.get_ylim() != (0, 1)
+            _integer_ticks(ax)
+
+
+def test_single_point_lines_are_grouped_bars_labelled_as_the_tables_print_them(tiny_sweep):
+    pytest.importorskip("matplotlib", reason='plots need the plot extra: pip install -e ".[plot]"')
+    runs = collect(_cells(tiny_sweep, "*-T2-*"))  # one size: every line is a single point
+    assert parts(runs) == ["bars"]
+    fig = figure(runs)
+    assert not any(_data_line(c) for ax in fig.axes for c in ax.containers), "no curve drawn"
+    tables = {t["protocol"]: t for t in to_json(build(runs))["tables"]}
+    panels = {}
+    for ax in fig.axes:
+        title = ax.figure.get_suptitle()
+        protocol = title.split(" · ")[0]
+        assert title == f"{protocol} · facts / tiny-llama · 2 edits"  # one panel per column
+        names = [t.get_text() for t in ax.get_xticklabels()]
+        panels.setdefault(protocol, []).append(names)
+        bars = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
+        assert sorted(b.get_label() for b in bars) == ["ft_m", "locft_bf"]  # a bar per editor
+        assert all(0 < len(b.patches) <= len(names) for b in bars)
+        rates = all(is_rate(m) for m in names)
+        if rates:
+            assert ax.get_ylim() == (0, 1)
+        else:
+            assert ax.get_autoscaley_on() and ax.get_ylim()[0] == 0  # bars start at zero
+        # Each bar carries its mean as the leaderboard prints it (rates and the capability
+        # score in percent, one decimal).
+        (table,) = [tables[protocol]]
+        expected = sorted(f"{100 * cell[m]['mean']:.1f}" for row in table["rows"]
+                          for cell in row["cells"].values() for m in names)
+        assert sorted(t.get_text() for t in ax.texts) == expected
+    for protocol, names in panels.items():
+        # The rates share one 0-1 panel; the capability score has its own scale beside it.
+        assert names == [["reliability", "generalization", "locality"], ["capability"]], protocol
+
+
+def test_curves_and_bars_share_one_figure_when_both_occur(tiny_sweep):
+    pytest.importorskip("matplotlib", reason='plots need the plot extra: pip install -e ".[plot]"')
+    # ft_m at 4 edits has a curve (--eval-every 2); locft_bf at 2 edits has one point.
+    runs = collect(_cells(tiny_sweep, "ft_m-*-T4-*", "locft_bf-*-T2-*"))
+    assert parts(runs) == ["curves", "bars"]
+    fig = figure(runs)
+    assert [sub.get_suptitle() for sub in fig.subfigs] == [TITLES["curves"], TITLES["bars"]]
+    curve_axes, bar_axes = ([ax for ax in fig.axes if ax.figure in sub.subfigs or ax.figure is sub]
+                            for sub in fig.subfigs)
+    assert {c.get_label() for ax in curve_axes for c in ax.containers} == {"ft_m"}
+    assert {c.get_label() for ax in bar_axes for c in ax.containers
+            if type(c).__name__ == "BarContainer"} == {"locft_bf"}
+    for part in ("curves", "bars"):  # the report embeds each part on its own
+        assert render(runs, "png", part=part) == render(runs, "png", part=part)
 
 
 def find_chromium() -> str:

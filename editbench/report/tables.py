@@ -145,8 +145,7 @@ def _table(protocol: str, items: list[tuple[Run, dict[str, Any]]]) -> Table:
     table.available = [*(m for m in defaults if m in names), *(n for n in names if n not in defaults)]
     for name in table.available:
         values = [v for cell in table.cells.values() if name in cell for v in cell[name].values]
-        rate = is_rate(name)
-        table.percent[name] = all(-1.0 <= v <= 1.0 for v in values) if rate is None else rate
+        table.percent[name] = in_percent(name, values)
     keys = [c.key for c in table.columns]
     table.shared = {k: v for k, v in keys[0].items() if all(other.get(k, object()) == v for other in keys)}
     for name, stats in _by_metric(table):
@@ -156,6 +155,13 @@ def _table(protocol: str, items: list[tuple[Run, dict[str, Any]]]) -> Table:
             for s in stats:
                 s.best = s.mean == best
     return table
+
+
+def in_percent(name: str, values: Iterable[float]) -> bool:
+    """Whether a metric is printed in percent: the registry's rates are; a name it does not
+    know (e.g. the capability score) is when all its values lie in [-1, 1]."""
+    rate = is_rate(name)
+    return all(-1.0 <= v <= 1.0 for v in values) if rate is None else rate
 
 
 def _by_metric(table: Table) -> Iterable[tuple[str, list[Stat]]]:
