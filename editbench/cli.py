@@ -87,12 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fail instead of showing incomparable runs as separate columns")
     lb.add_argument("-o", "--output", help="write to this file instead of standard output")
 
-    pl = sub.add_parser("plot", help="metrics vs number of edits, one panel per metric")
+    pl = sub.add_parser(
+        "plot", help="metrics vs number of edits where runs make curves (--eval-every or several "
+        "sizes), the final metrics per editor as grouped bars where they make one point")
     pl.add_argument("runs", nargs="+", help="run directories or sweep folders")
     pl.add_argument("-o", "--output", default="curves.png", help="a .png, .svg or .pdf file (default: curves.png)")
     pl.add_argument("--columns", help="comma-separated metrics to plot, or 'all'")
 
-    rp = sub.add_parser("report", help="one self-contained HTML page: tables, plots, each run's settings")
+    rp = sub.add_parser("report", help="one self-contained HTML page: the sweep's state, tables, "
+                        "figures, protocol and metric definitions, each run's settings")
     rp.add_argument("runs", nargs="+", help="sweep folders or run directories")
     rp.add_argument("-o", "--output", default="report.html")
     rp.add_argument("--columns", help="comma-separated metrics to show, or 'all'")

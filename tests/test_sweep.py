@@ -14,7 +14,7 @@ from editbench.registry import EDITORS
 from editbench.report.page import report_html
 from editbench.run import RunSpec
 from editbench.run.grid import load_grid
-from editbench.run.sweep import check_cluster, plan, sweep, sweep_state
+from editbench.run.sweep import check_cluster, describe_cells, plan, sweep, sweep_state
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_sweep_skips_finished_resumes_unfinished_and_records_failures(project, m
     monkeypatch.setattr(LocFTBFEditor, "edit", crash_on_second_step)
     assert main(["sweep", str(path), "--output", str(out)]) == 1
     first = capsys.readouterr().out
-    assert "2 cells: 0 done, 2 failed, 0 skipped" in first
+    assert "2 cells: 0 finished (0 skipped because they had finished before), 2 failed, 0 not run" in first
     t2, t9 = out / "locft_bf-tiny-llama-facts-T2-s0", out / "locft_bf-tiny-llama-facts-T9-s0"
     assert (t2 / "checkpoint.pt").is_file() and not (t2 / "metrics.json").exists()
     assert (t2 / "error.txt").read_text().startswith("_Crash: power cut")
@@ -172,11 +172,22 @@ def test_sweep_skips_finished_resumes_unfinished_and_records_failures(project, m
     again = sweep(grid, out)
     assert again[t2.name].status == "skipped"
     page = report_html([out])  # the report lists every cell's outcome, errors included
-    assert "1 skipped (finished before)" in page and "4 requests, 9 were asked for" in page
+    assert "2 cells: 1 finished (1 skipped because they had finished before), 1 failed, 0 not run" in page
+    assert "4 requests, 9 were asked for" in page
     # A finished cell made with other settings is not silently taken for this grid's.
     changed = load_grid(write_grid(project, path.read_text().replace("max_new_tokens: 4", "max_new_tokens: 5")))
     outcome = sweep(changed, out)[t2.name]
     assert outcome.status == "failed" and "other settings (max_new_tokens)" in outcome.error
+
+
+def test_sweep_state_counts_finished_cells_whenever_they_finished():
+    # Finished now ("done") and finished before ("skipped") both hold a finished run; a
+    # cell the sweep never reached ("pending": it was interrupted) is not run.
+    statuses = ["done", "skipped", "skipped", "failed", "pending"]
+    assert describe_cells(statuses) == (
+        "5 cells: 3 finished (2 skipped because they had finished before), 1 failed, 1 not run")
+    assert describe_cells(["skipped"] * 4) == (
+        "4 cells: 4 finished (4 skipped because they had finished before), 0 failed, 0 not run")
 
 
 def test_ray_executor_gives_the_same_metrics_as_local(project):

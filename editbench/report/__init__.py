@@ -2,6 +2,7 @@
 
 - :mod:`~editbench.report.runs`: finding runs, their comparability keys and metrics;
 - :mod:`~editbench.report.leaderboard`: tables (one per protocol) and their formats;
-- :mod:`~editbench.report.plots`: metrics vs number of edits;
-- :mod:`~editbench.report.page`: the self-contained HTML report.
+- :mod:`~editbench.report.plots`: curves (metrics vs number of edits) and bars (final metrics);
+- :mod:`~editbench.report.page`: the self-contained HTML report (sweep state, tables,
+  figures, protocol and metric definitions, runs).
 """

@@ -44,24 +44,44 @@ def _plain_cell(stat: Stat | None, percent: bool, bold: tuple[str, str]) -> str:
     return text if std is None else f"{text} ± {std} (n={n})"
 
 
-def _notes(table: Table) -> list[str]:
-    """The settings behind the numbers: shared by all columns, then per column."""
-    shown = {k: v for k, v in table.shared.items() if k != "protocol"}
-    lines = [f"{k}: {_describe(v)}" for k, v in shown.items()]
+def definitions(table: Table) -> list[tuple[str, str]]:
+    """(term, definition) of the settings behind the numbers: those shared by all columns
+    (each protocol's definition under the protocol's name), then each column's own, then
+    how to read a cell."""
+    out: list[tuple[str, str]] = []
+    for k, v in table.shared.items():
+        if k == "protocol":
+            continue
+        if k == "protocol_definitions" and isinstance(v, dict):
+            out.extend((name, _describe(text)) for name, text in v.items())
+        else:
+            out.append((k, _describe(v)))
     for col in table.columns:
         own = {k: v for k, v in col.key.items() if k not in table.shared}
         if own:
-            lines.append(f"[{col.label}] " + "; ".join(f"{k}: {_describe(v)}" for k, v in own.items()))
+            out.append((f"[{col.label}]", "; ".join(f"{k}: {_describe(v)}" for k, v in own.items())))
     flagged = sorted({m for (_, _), cell in table.cells.items() for m, s in cell.items()
                       if s.few and m in table.metrics})
     for m in flagged:
-        lines.append(f"{FEW_MARK} {m}: rests on fewer than {min_cases(m)} requests with a prompt "
-                     "it applies to (known locality facts); read it as indicative only.")
+        out.append((f"{FEW_MARK} {m}", f"rests on fewer than {min_cases(m)} requests with a prompt "
+                    "it applies to (known locality facts); read it as indicative only"))
     scaled = [m for m in table.metrics if table.percent.get(m)]
-    if scaled:
-        lines.append(f"{', '.join(scaled)}: percent (x100). Best value per column in bold; "
-                     "mean ± sample std over n runs that differ only in seed.")
-    return lines
+    reading = ("best value per column in bold (in the metric's direction); mean ± sample std over "
+               "n runs that differ only in seed")
+    out.append(("cells", (f"{', '.join(scaled)} in percent (x100); " if scaled else "") + reading))
+    return out
+
+
+def _notes(table: Table) -> list[str]:
+    """The definitions as lines (Markdown bullets, the LaTeX caption, JSON)."""
+    return [f"{term}: {text}" for term, text in definitions(table)]
+
+
+def definition_table(rows: Sequence[tuple[str, str]]) -> str:
+    """term -> definition as a compact two-column HTML table."""
+    body = "".join(f'<tr><th scope="row">{html.escape(term)}</th><td>{html.escape(text)}</td></tr>'
+                   for term, text in rows)
+    return f'<table class="defs"><tbody>{body}</tbody></table>'
 
 
 def _describe(value: Any) -> str:
@@ -182,8 +202,20 @@ def to_json(tables: Sequence[Table]) -> dict[str, Any]:
     }
 
 
-def to_html(tables: Sequence[Table], run_links: dict[str, str] | None = None) -> str:
-    """HTML ``<table>`` fragments; ``run_links`` maps a run path to an anchor (the report)."""
+def _html_cell(stat: Stat | None, percent: bool, links: str) -> str:
+    """'mean ± std' on one line, '(n=k) [runs]' small below it: every cell reads the same
+    however wide the table."""
+    mean, std, n = _cell_parts(stat, percent)
+    text = f"<b>{mean}</b>" if stat is not None and stat.best else mean
+    below = " ".join(x for x in ("" if std is None else f"(n={n})", links) if x)
+    return (f'<span class="v">{text}{"" if std is None else f" ± {std}"}</span>'
+            + (f'<span class="n">{below}</span>' if below else ""))
+
+
+def to_html(tables: Sequence[Table], run_links: dict[str, str] | None = None,
+            notes: bool = True) -> str:
+    """HTML ``<table>`` fragments; ``run_links`` maps a run path to an anchor (the report);
+    ``notes``: each table's definitions below it (the report gathers them in one place)."""
     out = []
     for t in tables:
         k = len(t.metrics)
@@ -195,31 +227,45 @@ def to_html(tables: Sequence[Table], run_links: dict[str, str] | None = None) ->
             for c in t.columns:
                 for m in t.metrics:
                     stat = t.stat(r, c, m)
-                    text = _plain_cell(stat, t.percent.get(m, True), ("<b>", "</b>"))
+                    links = ""
                     if stat is not None and run_links:
                         links = " ".join(f'<a href="#{run_links[p]}" title="{html.escape(Path(p).name)}">'
                                          f"{i + 1}</a>" for i, p in enumerate(stat.runs) if p in run_links)
-                        text += f' <span class="runs">[{links}]</span>'
-                    cells.append(f"<td>{text}</td>")
+                        links = f'<span class="runs">[{links}]</span>'
+                    cells.append(f"<td>{_html_cell(stat, t.percent.get(m, True), links)}</td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in _notes(t))
         out.append(
             f'<section class="leaderboard"><h3>{html.escape(t.protocol)}</h3>'
             f'<table><thead><tr><th rowspan="2">editor</th>{head1}</tr><tr>{head2}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table><ul class="notes">{notes}</ul></section>'
+            f'<tbody>{"".join(body)}</tbody></table>'
+            f'{definition_table(definitions(t)) if notes else ""}</section>'
         )
     return "\n".join(out)
 
 
 HTML_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #111; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #999; padding: 4px 8px; text-align: center; }
-th[scope=row] { text-align: left; }
-.notes { font-size: 85%; color: #444; }
-.runs { font-size: 75%; }
-img.plot { max-width: 100%; }
-td.failed { color: #b00; }
+body { font-family: Georgia, "DejaVu Serif", serif; color: #111; line-height: 1.4;
+       max-width: 1300px; margin: 2em auto; padding: 0 1.5em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #bbb; padding-bottom: 0.15em; margin-top: 1.8em; }
+h3 { font-size: 1.05em; margin: 1.2em 0 0.3em; }
+table { border-collapse: collapse; margin: 0.6em 0 1em; font-variant-numeric: tabular-nums;
+        border-top: 2px solid #111; border-bottom: 2px solid #111; }
+th, td { padding: 3px 10px; text-align: center; }
+thead tr:last-child th, thead th[rowspan] { border-bottom: 1px solid #111; }
+thead th[colspan] { border-bottom: 1px solid #777; }
+th[scope=row] { text-align: left; font-weight: normal; }
+section.leaderboard { overflow-x: auto; }
+.v { white-space: nowrap; }
+.n { display: block; font-size: 72%; color: #555; white-space: nowrap; line-height: 1.1; }
+table.defs { font-size: 88%; border-width: 1px; }
+table.defs th { font-weight: bold; white-space: nowrap; vertical-align: top; padding-right: 1.2em; }
+table.defs td { text-align: left; }
+.runs a { color: #555; }
+figure { margin: 1em 0 1.5em; }
+figcaption, p.caption, .meta { font-size: 90%; color: #333; }
+img.plot { max-width: 100%; display: block; }
+.failed { color: #b00; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; font-size: 80%; }
 """
 

@@ -30,6 +30,18 @@ def default_metrics() -> tuple[str, ...]:
     return (*default_columns(), "capability")
 
 
+# A default column and the older definition shown where no run reports it (runs written
+# before known-fact locality existed).
+_FALLBACK = {"locality_known": "locality"}
+
+
+def default_metrics_for(available: Sequence[str]) -> list[str]:
+    """The default columns among ``available`` (all of them when none is a default)."""
+    chosen = [m if m in available or _FALLBACK.get(m) not in available else _FALLBACK[m]
+              for m in default_metrics()]
+    return [m for m in chosen if m in available] or list(available)
+
+
 @dataclass(frozen=True)
 class Run:
     path: Path
@@ -149,10 +161,19 @@ def point_metrics(results: dict[str, Any], protocol: str) -> dict[str, float]:
             out.update({f"{name}.{k}": v for k, v in value.items() if _number(v)})
     cap = results.get("capability")
     if isinstance(cap, dict):
-        for name, part in (("capability", "post"), ("capability_pre", "pre"), ("capability_delta", "delta")):
+        for name, (part, _) in CAPABILITY_SCORES.items():
             if _number(cap.get(part)):
                 out[name] = cap[part]
     return out
+
+
+# The names point_metrics gives the capability suite's scores (metrics.json
+# results.capability): not case metrics, so not in the metric registry.
+CAPABILITY_SCORES = {
+    "capability": ("post", "the capability suite's score after editing"),
+    "capability_pre": ("pre", "the capability suite's score of the unedited model"),
+    "capability_delta": ("delta", "capability after editing minus before"),
+}
 
 
 def settings_digest(obj: Any) -> str:
@@ -185,7 +206,6 @@ def dataset_label(key: dict[str, Any]) -> str:
     return Path(name).stem if "/" in name or name.endswith((".json", ".jsonl")) else name
 
 
-
 def editor_variants(runs: Iterable[Run]) -> dict[str, list[dict[str, Any]]]:
     """Editor -> the distinct settings the user chose for its runs (labels show the
     difference only where an editor has several)."""
@@ -195,7 +215,6 @@ def editor_variants(runs: Iterable[Run]) -> dict[str, list[dict[str, Any]]]:
         if settings not in out.setdefault(run.config["editor"], []):
             out[run.config["editor"]].append(settings)
     return out
-
 
 
 def variant_label(variant: dict[str, Any], all_variants: list[dict[str, Any]]) -> str:

@@ -22,6 +22,7 @@ from editbench.report.runs import (
     comparability_key,
     dataset_label,
     default_metrics,
+    default_metrics_for,
     editor_variants,
     hparams_id,
     model_label,
@@ -150,8 +151,7 @@ def _table(protocol: str, items: list[tuple[Run, dict[str, Any]]]) -> Table:
     table.available = [*(m for m in defaults if m in names), *(n for n in names if n not in defaults)]
     for name in table.available:
         values = [v for cell in table.cells.values() if name in cell for v in cell[name].values]
-        rate = is_rate(name)
-        table.percent[name] = all(-1.0 <= v <= 1.0 for v in values) if rate is None else rate
+        table.percent[name] = in_percent(name, values)
     keys = [c.key for c in table.columns]
     table.shared = {k: v for k, v in keys[0].items() if all(other.get(k, object()) == v for other in keys)}
     for name, stats in _by_metric(table):
@@ -161,6 +161,13 @@ def _table(protocol: str, items: list[tuple[Run, dict[str, Any]]]) -> Table:
             for s in stats:
                 s.best = s.mean == best
     return table
+
+
+def in_percent(name: str, values: Iterable[float]) -> bool:
+    """Whether a metric is printed in percent: the registry's rates are; a name it does not
+    know (e.g. the capability score) is when all its values lie in [-1, 1]."""
+    rate = is_rate(name)
+    return all(-1.0 <= v <= 1.0 for v in values) if rate is None else rate
 
 
 def _by_metric(table: Table) -> Iterable[tuple[str, list[Stat]]]:
@@ -191,23 +198,13 @@ def _short(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-# A default column and the older definition shown where no run reports it (runs written
-# before known-fact locality existed).
-_FALLBACK = {"locality_known": "locality"}
-
-
-def _defaults_for(available: Sequence[str]) -> list[str]:
-    return [m if m in available or _FALLBACK.get(m) not in available else _FALLBACK[m]
-            for m in default_metrics()]
-
-
 def _select_metrics(tables: list[Table], metrics: Sequence[str] | str | None) -> None:
     available: list[str] = []
     for t in tables:
         available.extend(m for m in t.available if m not in available)
     if metrics is None:  # each table its own default columns
         for t in tables:
-            t.metrics = [m for m in _defaults_for(t.available) if m in t.available] or t.available
+            t.metrics = default_metrics_for(t.available)
         return
     if metrics == "all":
         chosen = available

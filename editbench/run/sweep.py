@@ -195,10 +195,31 @@ def check_cluster(resources: dict[str, Any], available: dict[str, float]) -> Non
 EXECUTORS: dict[str, Callable[..., Iterable[tuple[str, Outcome]]]] = {"local": _local, "ray": _ray}
 
 
+# A cell's status in sweep.json, as a reader says it: "done" ran now, "skipped" had
+# finished before, "pending" was never reached (the sweep stopped first).
+STATUS_WORDS = {"done": "finished", "skipped": "finished before (skipped)", "failed": "failed",
+                "pending": "not run"}
+
+
+def count_cells(statuses: Iterable[str]) -> dict[str, int]:
+    """A sweep's state: finished cells (run now or skipped because they had finished
+    before: both hold a finished run), of which skipped, failed, and not run."""
+    statuses = list(statuses)
+    finished = sum(s in ("done", "skipped") for s in statuses)
+    failed = sum(s == "failed" for s in statuses)
+    return {"cells": len(statuses), "finished": finished, "skipped": statuses.count("skipped"),
+            "failed": failed, "not_run": len(statuses) - finished - failed}
+
+
+def describe_cells(statuses: Iterable[str]) -> str:
+    """'4 cells: 4 finished (4 skipped because they had finished before), 0 failed, 0 not run'."""
+    c = count_cells(statuses)
+    return (f"{c['cells']} cells: {c['finished']} finished ({c['skipped']} skipped because they "
+            f"had finished before), {c['failed']} failed, {c['not_run']} not run")
+
+
 def summary(outcomes: dict[str, Outcome], sweep_dir: str | os.PathLike[str]) -> str:
-    counts = {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "failed", "skipped")}
-    lines = [f"sweep {sweep_dir}: {len(outcomes)} cells: {counts['done']} done, "
-             f"{counts['failed']} failed, {counts['skipped']} skipped (finished before)"]
+    lines = [f"sweep {sweep_dir}: {describe_cells(o.status for o in outcomes.values())}"]
     lines += [f"  failed {name}: {o.error}" for name, o in outcomes.items() if o.status == "failed"]
     return "\n".join(lines)
 
