@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     kf.add_argument("--max-new-tokens", type=_argtype(parse_positive), default=16,
                     help="new tokens per scanned answer (default 16)")
     kf.add_argument("--batch-size", type=_argtype(parse_positive), default=32)
+    kf.add_argument("--limit", type=_argtype(parse_positive), metavar="N",
+                    help="scan only the first N requests of each source (default: all)")
 
     sw = sub.add_parser("sweep", help="run every cell of a grid (editors x models x datasets ...)")
     sw.add_argument("grid", help="a grid .yaml or a shipped grid's name (editbench list grids)")
@@ -329,7 +331,7 @@ def _cmd_known_facts(args: argparse.Namespace) -> int:
                              prompt_format=args.prompt_format, tune_fraction=args.tune_fraction,
                              seed=args.seed)
     names = [s.strip() for s in args.sources.split(",") if s.strip()]
-    sources = [load_dataset(n, data_dir=args.data_dir) for n in names]
+    sources = [load_dataset(n, data_dir=args.data_dir, num=args.limit) for n in names]
     handle = load_model(args.model, args.device, args.dtype)
     out = Path(args.output) if args.output else known_dir(args.model)
     build(handle, sources, out, settings, args.model)

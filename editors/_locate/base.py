@@ -11,7 +11,7 @@ from editbench.api import BaseEditor, EditbenchError, EditRequest, EditStats
 from editors._locate.config import LocateConfig
 from editors._locate.keys import context_templates, read_at
 from editors._locate.solve import weight_out_in
-from editors._locate.stats import resolve_corpus, second_moments
+from editors._locate.stats import resolve_corpus, second_moments, stats_companions
 from editors._locate.targets import describe, optimize_targets, template_items
 
 
@@ -44,6 +44,7 @@ class LocateEditor(BaseEditor):
             mats, self.stats_info = second_moments(
                 handle, list(self.module_names.values()), corpus, config.stats_tokens,
                 config.stats_seq_len, config.stats_batch_size, config.stats_dtype,
+                companions=stats_companions(handle, config),
             )
             self.stats = {layer: mats[m] for layer, m in self.module_names.items()}
 

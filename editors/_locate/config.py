@@ -45,6 +45,11 @@ class LocateConfig(EditorConfig):
     stats_seq_len: int = 256
     stats_batch_size: int = 16
     stats_dtype: Literal["float32", "float64"] = "float32"
+    # Which layers a statistics pass covers: the edited ones, every layer's mlp_down input
+    # (so ROME, MEMIT and AlphaEdit at any layers find theirs in the cache after one pass),
+    # or "auto": every layer when all matrices together take at most stats_all_layers_mb.
+    stats_layers: Literal["edited", "all", "auto"] = "auto"
+    stats_all_layers_mb: int = 2048
 
     def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
         """The edited layers: a window ending at ``layer``, as wide as configured (one layer
@@ -62,6 +67,9 @@ class LocateConfig(EditorConfig):
                     "stats_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)}")
+        if self.stats_all_layers_mb < 0:
+            raise ValueError(f"stats_all_layers_mb: expected a number of MB >= 0 (0: only the edited "
+                             f"layers), got {self.stats_all_layers_mb}")
         if self.context_templates_per_length < 0 or any(n < 1 for n in self.context_template_lengths):
             raise ValueError("context_template_lengths / context_templates_per_length: expected positive lengths and a count >= 0")
         if not self.v_lr > 0:

@@ -35,7 +35,7 @@ from editbench.models import weights_fingerprint
 from editbench.progress import bar
 from editbench.resources import cache_dir
 from editbench.tokens import pad_batch
-from editors._locate.keys import capture, forward, sample_texts
+from editors._locate.keys import capture, forward
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -77,10 +77,13 @@ class Corpus:
                 yield text
 
 
+SELF_TEXT_VERSION = 2  # v2: one batched sampling call per 256 rows (v1: 64 rows per starter)
+
+
 def resolve_corpus(spec: str, seed: int = 0) -> Corpus:
     """``self`` | ``hf:<name>[:<config>[:<split>]]`` | a local .jsonl / text file."""
     if spec == "self":
-        return Corpus("self", spec, f"self-generated:seed={seed}", seed=seed)
+        return Corpus("self", spec, f"self-generated:v{SELF_TEXT_VERSION}:seed={seed}", seed=seed)
     if spec.startswith("hf:"):
         return Corpus("hf", spec[3:], f"hf:{_hf_identity(spec[3:])}")
     path = Path(spec).expanduser()
@@ -143,18 +146,45 @@ def _hf_texts(spec: str) -> Iterator[str]:
             yield text
 
 
+SELF_TEXT_ROWS = 256
+
+
 def _self_texts(handle, num_tokens: int, seq_len: int, seed: int) -> Iterator[str]:
-    """Model samples (top-k 5) from the five starter words, 64 at a time, until the budget."""
+    """Model samples (top-k 20) from the starter words, ``SELF_TEXT_ROWS`` sequences per
+    batched sampling call, until the budget: few large calls keep a CPU busy where many
+    small ones (a batch per starter) left it waiting on Python."""
     from editors._locate.keys import STARTERS
 
     length = min(seq_len, 128)
     produced, batch = 0, 0
     while produced < num_tokens:
-        prompts = [STARTERS[i % len(STARTERS)] for i in range(64)]
-        for text in sample_texts(handle, prompts, length, seed * 100_003 + batch, top_k=20):
+        rows = min(SELF_TEXT_ROWS, -(-(num_tokens - produced) // length))
+        prompts = [STARTERS[i % len(STARTERS)] for i in range(rows)]
+        for text in sample_batch(handle, prompts, length, seed * 100_003 + batch, top_k=20):
             produced += length
             yield text
         batch += 1
+
+
+@torch.no_grad()
+def sample_batch(handle, prompts: Sequence[str], length: int, seed: int, top_k: int) -> list[str]:
+    """Seeded top-k samples of ``length`` new tokens continuing ``prompts``, all rows in one
+    ``generate`` call (left-padded); the global RNG is left as it was."""
+    from editbench.tokens import encode_prompt
+
+    tok, model = handle.tokenizer, handle.model
+    encoded = [encode_prompt(tok, p) for p in prompts]
+    ids, mask = pad_batch(encoded, tok.pad_token_id, left=True)
+    device = handle.input_device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids.to(handle.input_device), attention_mask=mask.to(handle.input_device),
+            do_sample=True, top_k=top_k, top_p=None, temperature=1.0, max_new_tokens=length,
+            min_new_tokens=length, pad_token_id=tok.pad_token_id, repetition_penalty=1.0)
+    width = ids.shape[1]  # each row: left padding, its prompt, then the new tokens
+    return [tok.decode(row[width - len(enc):].tolist(), skip_special_tokens=True)
+            for row, enc in zip(out.cpu(), encoded, strict=True)]
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -338,10 +368,14 @@ def second_moments(
     dtype: str = "float32",
     root: Path | None = None,
     fingerprint: str | None = None,
+    companions: Sequence[str] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Cached ``E[k k^T]`` of each module's input; missing ones computed in one pass.
 
-    Returns the matrices (CPU) and an info dict (cache hits, tokens, seconds).
+    ``companions``: modules whose matrices the pass also computes and caches when it runs
+    anyway (not returned), so a later editor at other layers reads them instead of running
+    a pass of its own. Returns the matrices (CPU) and an info dict (cache hits, tokens,
+    seconds).
     """
     if dtype not in DTYPES:
         raise EditbenchError(f"stats_dtype {dtype!r}: expected one of {sorted(DTYPES)}")
@@ -366,9 +400,12 @@ def second_moments(
             samples = load_self_texts(text_path, text_meta)
             corpus = replace(corpus, samples=samples, record=[] if samples is None else None)
             info["self_text"] = "cached" if samples is not None else "sampled"
+        extra = [m for m in companions if m not in modules
+                 and load_cached(cache_path(root, req.meta(m)), req.meta(m)) is None]
         computed, count = compute_second_moments(
-            handle, missing, corpus, num_tokens, seq_len, batch_size, dtype
+            handle, missing + extra, corpus, num_tokens, seq_len, batch_size, dtype
         )
+        info["companions"] = extra
         if corpus.record:
             save_self_texts(text_path, text_meta, corpus.record)
         info["seconds"] = round(time.perf_counter() - t0, 2)
@@ -376,5 +413,27 @@ def second_moments(
         for name, mat in computed.items():
             meta = req.meta(name)
             save_cached(cache_path(root, meta), meta, mat, {"tokens_seen": count})
-            out[name] = mat
+            if name in missing:
+                out[name] = mat
     return out, info
+
+
+def stats_companions(handle, config) -> list[str]:
+    """Every layer's ``mlp_down`` when ``config.stats_layers`` asks for all of them (or
+    ``auto`` and they fit in ``stats_all_layers_mb`` together); else none."""
+    if config.stats_layers == "edited":
+        return []
+    names = [handle.module_name("mlp_down", layer) for layer in range(handle.num_layers)]
+    if config.stats_layers == "auto":
+        width = _input_width(handle.model.get_submodule(names[0]))
+        if width is None or len(names) * width * width * 4 / 2**20 > config.stats_all_layers_mb:
+            return []
+    return names
+
+
+def _input_width(module: torch.nn.Module) -> int | None:
+    """The input width of a linear-like module (``in_features``, or a Conv1D's weight)."""
+    width = getattr(module, "in_features", None)
+    if width is None and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        width = module.weight.shape[0]  # GPT-2's Conv1D stores [in, out]
+    return width
