@@ -51,8 +51,9 @@ def tiny_model(folder: Path) -> Path:
     return out
 
 
-def real_requests(data_dir: Path, out: Path) -> tuple[Path, int]:
-    """All CounterFact cases and zsRE records under ``data_dir`` as one flat JSONL file."""
+def real_requests(data_dir: Path, out: Path, exclude_subjects: set[str] = frozenset()) -> tuple[Path, int]:
+    """All CounterFact cases and zsRE records under ``data_dir`` as one flat JSONL file
+    (without requests about ``exclude_subjects``)."""
     from editbench.data import load_path
 
     # Loaded by path, the files do not say what their locality prompts are; the named
@@ -64,6 +65,8 @@ def real_requests(data_dir: Path, out: Path) -> tuple[Path, int]:
     with out.open("w", encoding="utf-8") as fh:
         for prefix, path in files:
             for r in load_path(path).requests:
+                if r.subject in exclude_subjects:
+                    continue
                 record = {
                     "case_id": f"{prefix}-{r.case_id}", "prompt": r.prompt, "subject": r.subject,
                     "target_new": r.target_new, "ground_truth": r.target_true,
