@@ -327,13 +327,19 @@ def converted_gguf_folder(preset: ModelPreset) -> tuple[Path, str]:
     source = _gguf_source(preset)
     target = cache_dir("models") / preset.name
     marker = target / "editbench_source.json"
+    digest = None
     if marker.is_file():
         info = json.loads(marker.read_text())
-        stat = source.stat()
-        if info.get("size") == stat.st_size and info.get("source") == str(source):
-            return target, info["sha256"]
+        if info.get("size") == source.stat().st_size:
+            if info.get("source") == str(source):
+                return target, info["sha256"]
+            # The same file installed elsewhere (another virtual environment): the bytes
+            # decide, so environments share one conversion instead of redoing it in turn.
+            digest = sha256_file(source)
+            if digest == info.get("sha256"):
+                return target, digest
     log.info("converting %s to safetensors under %s (once)", source.name, target)
-    digest = sha256_file(source)
+    digest = digest or sha256_file(source)
     model = AutoModelForCausalLM.from_pretrained(
         source.parent, gguf_file=source.name, dtype=torch.float32
     )

@@ -104,3 +104,38 @@ def test_bundled_presets_name_their_install_line():
 def test_malformed_gguf_entry(raw):
     with pytest.raises(EditbenchError, match=r"presets/x.yaml: gguf: "):
         GgufSource.from_yaml(raw, "presets/x.yaml")
+
+
+def test_a_conversion_is_shared_by_environments_with_the_same_file(tmp_path, monkeypatch):
+    """Another virtual environment installs the same GGUF at another path: the cached
+    conversion is reused (the bytes decide); a different file of the same size is not."""
+    import hashlib
+    import json
+
+    from editbench import models
+
+    monkeypatch.setenv("EDITBENCH_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "env-b" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    preset = models.get_preset("smollm2-135m")
+    target = models.cache_dir("models") / preset.name
+    target.mkdir(parents=True)
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    (target / "editbench_source.json").write_text(json.dumps(
+        {"source": str(tmp_path / "env-a" / "model.gguf"), "size": 64, "sha256": digest}))
+    monkeypatch.setattr(models, "_gguf_source", lambda p: gguf)
+
+    class Converting(Exception):
+        pass
+
+    def convert(*args, **kwargs):
+        raise Converting
+
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", convert)
+    assert models.converted_gguf_folder(preset) == (target, digest)
+    gguf.write_bytes(b"GGUF" + bytes(59) + b"x")  # same size, other bytes
+    with pytest.raises(Converting):
+        models.converted_gguf_folder(preset)
