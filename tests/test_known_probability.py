@@ -111,3 +111,12 @@ def test_probability_scores_equal_hand_computed_values(tiny_llama):
     # An unchanged model scores what the baseline did.
     assert pre.metrics(["probability"])["probability"]["efficacy_magnitude"] == pytest.approx(
         results["efficacy_magnitude"], abs=1e-12)
+
+
+def test_no_distribution_tokens_scores_locality_without_them(tiny_llama):
+    """dist_tokens=0 switches locality_argmax / locality_kl off (it failed after the baseline)."""
+    request = EditRequest(case_id="c0", prompt="The capital of France is", subject="France",
+                          target_new="Rome", locality=(LocalityPrompt("Water boils at", "100", "distant"),))
+    evaluator = Evaluator(tiny_llama, EvalSettings(dist_tokens=0, max_new_tokens=4))
+    results = evaluator.evaluate([request], evaluator.baseline([request]))["generation"]
+    assert results["locality"] == 1.0 and "locality_kl" not in results

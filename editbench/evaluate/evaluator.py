@@ -335,7 +335,9 @@ class Evaluator:
                 gens = generate(self.handle, prompts, s.max_new_tokens, s.batch_size)
             except ContextOverflowError as exc:
                 raise EditbenchError(f"case {owners[exc.index]!r}: {exc}") from None
-            if before is None:
+            if not s.dist_tokens:
+                conts = []
+            elif before is None:
                 conts = [ids[: s.dist_tokens] for _, ids in gens]
             else:
                 conts = [loc["dist"]["ids"] for r in block for loc in before[r.case_id]["locality"]]
