@@ -1,0 +1,120 @@
+"""ROME / MEMIT / AlphaEdit against the authors' released algorithms, step by step, on tiny
+random models (no extra package: these run in CI). The differential tests against
+EasyEdit's port of the released code are in ``tests/test_locate_easyedit.py``.
+
+Each test computes the released algorithm's quantity from its description, in the test,
+and compares editbench's to it: the target optimisation's first steps, where the key is
+read when a template or a longer word contains the subject, ROME's rank-one update and
+the key averaging over context-template groups.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import CORPUS, make_tiny
+from editbench.api import EditRequest
+from editbench.registry import EDITORS
+from editbench.tokens import encode_prompt_target, output_logits
+from editors._locate.targets import KL_PROMPT, optimize_targets
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 3))
+    return path
+
+
+@pytest.fixture
+def stats_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITBENCH_STATS_CACHE", str(tmp_path / "stats"))
+
+
+def _sharpen(handle, factor: float = 8.0) -> None:
+    """Random tiny models have near-uniform logits and tiny MLP outputs; scaled weights give
+    the target optimisation a loss that moves."""
+    with torch.no_grad():
+        for p in handle.model.parameters():
+            if p.dim() == 2:
+                p.mul_(factor)
+
+
+def _key_index(tok, text_through_subject: str) -> int:
+    """The subject's last token: the last token of the text up to the subject's end."""
+    return len(tok(text_through_subject)["input_ids"]) - 1
+
+
+# --- the target optimisation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_first_steps_are_adam_steps_on_the_full_loss(family, tiny_tokenizer):
+    """Two optimisation steps from delta = 0 equal two Adam steps on NLL + KL + weight decay
+    computed here. (With the delta attached only after the first forward, the first backward
+    had no NLL/KL gradient and the first Adam step moved nothing.)"""
+    handle = make_tiny(family, tiny_tokenizer)
+    _sharpen(handle)
+    tok, model = handle.tokenizer, handle.model
+    request = EditRequest("0", "The capital of France is", "France", "Rome")
+    cls = EDITORS.get("rome").config_class
+    cfg = cls(layers=[1], v_num_grad_steps=3, v_lr=0.5, v_weight_decay=0.5, kl_factor=0.0625,
+              clamp_norm_factor=1e4, v_loss_threshold=0.0, target_suffix="none")
+    module = handle.module_name("mlp_down", 1)
+    got = optimize_targets(handle, [request], ["{}"], module, cfg)
+    assert got.steps == 2
+
+    pt = encode_prompt_target(tok, request.prompt, request.target_new)
+    ids = torch.tensor([pt.prompt_ids + pt.target_ids[:-1]])
+    key = _key_index(tok, "The capital of France")
+    kl_ids = torch.tensor([tok(KL_PROMPT.format("France"))["input_ids"]])
+    kl_key = _key_index(tok, "France")
+    start = len(pt.prompt_ids) - 1
+    labels = torch.tensor(pt.target_ids)
+
+    def run(ids: torch.Tensor, pos: int, d: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        seen = {}
+
+        def hook(mod, args, out):
+            seen["h"] = out[0, pos].detach().clone()
+            if d is None:
+                return out
+            out = out.clone()
+            out[0, pos] += d
+            return out
+
+        h = model.get_submodule(module).register_forward_hook(hook)
+        try:
+            hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        finally:
+            h.remove()
+        return hidden[0], seen["h"]
+
+    with torch.no_grad():
+        _, h0 = run(ids, key, None)
+        kl_hidden, _ = run(kl_ids, kl_key, None)
+        kl0 = torch.log_softmax(output_logits(model, kl_hidden[kl_key]).float(), -1)
+
+    def loss(d: torch.Tensor) -> torch.Tensor:
+        hidden, _ = run(ids, key, d)
+        logits = output_logits(model, hidden[start : start + len(labels)]).float()
+        nll = torch.nn.functional.cross_entropy(logits, labels)
+        kl_hidden, _ = run(kl_ids, kl_key, d)
+        logp = torch.log_softmax(output_logits(model, kl_hidden[kl_key]).float(), -1)
+        kl = (logp.exp() * (logp - kl0)).sum()
+        return nll + cfg.kl_factor * kl + cfg.v_weight_decay * d.norm() / h0.norm() ** 2
+
+    d = torch.zeros_like(h0, requires_grad=True)
+    opt = torch.optim.Adam([d], lr=cfg.v_lr)
+    for _ in range(2):
+        opt.zero_grad()
+        loss(d).backward()
+        opt.step()
+    torch.testing.assert_close(got.h_bare[0], h0, rtol=1e-5, atol=1e-6)
+    assert d.norm() > 0.1  # both steps moved: the comparison is not of two zeros
+    torch.testing.assert_close(got.delta[0], d.detach(), rtol=1e-4, atol=1e-6)
