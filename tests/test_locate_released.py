@@ -118,3 +118,52 @@ def test_first_steps_are_adam_steps_on_the_full_loss(family, tiny_tokenizer):
     torch.testing.assert_close(got.h_bare[0], h0, rtol=1e-5, atol=1e-6)
     assert d.norm() > 0.1  # both steps moved: the comparison is not of two zeros
     torch.testing.assert_close(got.delta[0], d.detach(), rtol=1e-4, atol=1e-6)
+
+
+# --- where the key is read ---------------------------------------------------------------
+
+POSITION_CASES = [
+    # (template, prompt, subject, the text up to the subject's last character)
+    pytest.param("France is nice. {}", "The capital of France is", "France",
+                 "France is nice. The capital of France", id="template-mentions-subject"),
+    pytest.param("{}", "The golden ratio of gold is", "gold", "The golden ratio of gold",
+                 id="subject-inside-a-longer-word"),
+    pytest.param("The golden gate. {}", "The chemical symbol for gold is", "gold",
+                 "The golden gate. The chemical symbol for gold", id="longer-word-in-template"),
+    pytest.param("France. {}", "the capital of france is", "France",
+                 "France. the capital of france", id="case-fallback-only-in-prompt"),
+]
+
+
+@pytest.mark.parametrize(("template", "prompt", "subject", "through"), POSITION_CASES)
+def test_key_is_the_prompts_own_mention_of_the_subject(template, prompt, subject, through,
+                                                        tiny_tokenizer):
+    """The released code substitutes the subject into the prompt's "{}", so the key is
+    always there: never in a context template, never inside a longer word."""
+    from editors._locate.config import LocateConfig
+    from editors._locate.targets import rewriting_items, template_items
+
+    request = EditRequest("0", prompt, subject, "Rome")
+    want = _key_index(tiny_tokenizer, through)
+    (keys,) = template_items(tiny_tokenizer, [request], [template], "subject_last")
+    assert keys.subject_found and keys.position == want
+    _, positions, _, missing = rewriting_items(tiny_tokenizer, request, [template],
+                                               LocateConfig(target_suffix="none"))
+    assert positions == [want] and missing == 0
+    # The subject's first token follows the text before it (byte-level BPE: the space
+    # belongs to the subject's token).
+    first = template_items(tiny_tokenizer, [request], [template], "subject_first")[0].position
+    before = through[: len(through) - len(subject)].rstrip()
+    assert first == len(tiny_tokenizer(before)["input_ids"])
+
+
+def test_subject_inside_a_longer_word_is_the_last_resort(tiny_tokenizer):
+    """Only when the prompt has no standalone mention is a match inside a word taken (better
+    than the prompt's last token); a subject absent from the prompt reads the last token."""
+    from editors._locate.keys import locate_in_template
+
+    loc = locate_in_template(tiny_tokenizer, "gold. {}", "The golden ratio is", "gold", "subject_last")
+    assert loc.subject_found
+    assert loc.position == _key_index(tiny_tokenizer, "gold. The gold")
+    absent = locate_in_template(tiny_tokenizer, "Paris. {}", "The capital is", "Paris", "subject_last")
+    assert not absent.subject_found and absent.position == len(absent.ids) - 1

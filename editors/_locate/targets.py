@@ -33,7 +33,7 @@ from editbench.tokens import (
     per_sample_mean,
 )
 from editors._locate.config import LocateConfig
-from editors._locate.keys import Located, _first_tensor, locate
+from editors._locate.keys import Located, _first_tensor, locate, locate_in_template
 
 KL_PROMPT = "{} is a"
 
@@ -62,7 +62,7 @@ def rewriting_items(tokenizer, request: EditRequest, templates: Sequence[str], c
     items, positions, missing = [], [], 0
     for template in templates:
         text = template.format(request.prompt)
-        loc = locate(tokenizer, text, request.subject, cfg.fact_token)
+        loc = locate_in_template(tokenizer, template, request.prompt, request.subject, cfg.fact_token)
         try:
             pt = encode_prompt_target(tokenizer, text, target, append_eos=eos)
         except ValueError as exc:
@@ -254,7 +254,7 @@ def template_items(
 ) -> list[Located]:
     """Request-major: ``len(templates)`` consecutive items per request."""
     return [
-        locate(tokenizer, tpl.format(r.prompt), r.subject, rule)
+        locate_in_template(tokenizer, tpl, r.prompt, r.subject, rule)
         for r in requests
         for tpl in templates
     ]
