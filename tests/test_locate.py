@@ -386,7 +386,10 @@ def test_memit_step_fits_its_targets(tiny_llama, corpus_file, stats_cache):
     """After a MEMIT step the last edited layer's output moved to z for every request."""
     from editors.memit import MemitEditor
 
-    cfg = _config("memit", corpus_file, mom2_update_weight=1e-3, v_num_grad_steps=5)
+    # Bare prompt only: the solve fits the keys it is given, and with context templates
+    # those are averages over templates, not the bare prompt's key measured below.
+    cfg = _config("memit", corpus_file, mom2_update_weight=1e-3, v_num_grad_steps=5,
+                  context_templates_per_length=0)
     editor = MemitEditor(tiny_llama, cfg)
     block = tiny_llama.module_name("block", cfg.layers[-1])
     tg = editor.targets(REQUESTS, block)
@@ -396,7 +399,7 @@ def test_memit_step_fits_its_targets(tiny_llama, corpus_file, stats_cache):
     editor.edit(REQUESTS)
     now = editor.mean_keys(REQUESTS, extra={block: "output"})[block]
     # With a tiny lambda the residual is fitted almost exactly (3 keys, 64-dim keys).
-    assert (now - z).norm() / tg.delta.norm() < 0.05
+    assert (now - z).norm() / tg.delta.norm() < 0.01
 
 
 @pytest.mark.parametrize("name", ["memit", "alphaedit"])

@@ -167,3 +167,75 @@ def test_subject_inside_a_longer_word_is_the_last_resort(tiny_tokenizer):
     assert loc.position == _key_index(tiny_tokenizer, "gold. The gold")
     absent = locate_in_template(tiny_tokenizer, "Paris. {}", "The capital is", "Paris", "subject_last")
     assert not absent.subject_found and absent.position == len(absent.ids) - 1
+
+
+# --- ROME's rank-one update and MEMIT's key average ---------------------------------------
+
+GROUPS = [["{}"], ["France is nice. {}", "Because I said so. {}", "You are here today. {}"]]
+
+
+def _rome(handle, corpus_file, **settings):
+    cls = EDITORS.get("rome")
+    cfg = cls.config_class(layers=[1], v_num_grad_steps=8, clamp_norm_factor=4.0,
+                           target_suffix="none", context_templates_per_length=0,
+                           stats_corpus=str(corpus_file), stats_tokens=300, stats_seq_len=32,
+                           stats_batch_size=4, **settings)
+    editor = cls(handle, cfg)
+    editor.template_groups = [list(g) for g in GROUPS]
+    return editor
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_rome_update_key(family, tiny_tokenizer, corpus_file, stats_cache):
+    """bare_prompt (released code): the bare prompt's key maps exactly to v*; template_mean
+    (paper, eq. 2): the mean key does. Both are rank one in the direction C^-1 k*."""
+    request = EditRequest("0", "The capital of France is", "France", "Rome")
+    updates = {}
+    for choice in ("bare_prompt", "template_mean"):
+        handle = make_tiny(family, tiny_tokenizer)
+        _sharpen(handle)
+        editor = _rome(handle, corpus_file, update_key=choice)
+        name = editor.module_names[1]
+        tg = editor.targets([request], name)
+        v_star = (tg.h_bare[0] + tg.delta[0]).double()
+        keys = editor.template_keys([request], layer=1)[name][0].double()
+        W0 = editor.weight(1).detach().double().clone()
+        editor.targets = lambda requests, module, tg=tg: tg  # type: ignore[method-assign]
+        editor.edit([request])
+        W = editor.weight(1).detach().double()
+        updates[choice] = W - W0
+        bias = tg.h_bare[0].double() - W0 @ keys[0]  # the MLP output's bias (zero for LLaMA)
+        fitted = keys[0] if choice == "bare_prompt" else keys.mean(0)
+        torch.testing.assert_close(W @ fitted + bias, v_star, rtol=1e-4, atol=1e-4)
+        other = keys.mean(0) if choice == "bare_prompt" else keys[0]
+        assert (W @ other + bias - v_star).norm() > 1e-3 * v_star.norm()
+    a, b = updates["bare_prompt"], updates["template_mean"]
+    for update in (a, b):  # rank one up to the float32 weights' rounding
+        sv = torch.linalg.svdvals(update)
+        assert sv[1] < 1e-4 * sv[0]
+    # One left factor (the output change) may differ; the key direction C^-1 k* is shared.
+    row_a, row_b = a[a.norm(dim=1).argmax()], b[b.norm(dim=1).argmax()]
+    assert float((row_a @ row_b).abs() / (row_a.norm() * row_b.norm())) > 1 - 1e-6
+
+
+def test_memit_key_average(tiny_llama, corpus_file, stats_cache):
+    """grouped (released code): the mean of the bare prompt's key and of the sampled
+    templates' mean key; uniform (paper): the mean over all templates."""
+    cls = EDITORS.get("memit")
+    requests = [EditRequest("0", "The capital of France is", "France", "Rome")]
+    got = {}
+    for choice in ("grouped", "uniform"):
+        cfg = cls.config_class(layers=[1, 2], key_average=choice, stats_corpus=str(corpus_file),
+                               stats_tokens=300, stats_seq_len=32, stats_batch_size=4,
+                               context_templates_per_length=0)
+        editor = cls(tiny_llama, cfg)
+        editor.template_groups = [list(g) for g in GROUPS]
+        keys = editor.template_keys(requests, layer=1)[editor.module_names[1]]
+        got[choice] = editor.mean_keys(requests, layer=1)[editor.module_names[1]]
+    torch.testing.assert_close(got["grouped"], (keys[:, 0] + keys[:, 1:].mean(1)) / 2)
+    torch.testing.assert_close(got["uniform"], keys.mean(1))
+    assert not torch.allclose(got["grouped"], got["uniform"])
+    # The released code's default is the grouped key, for AlphaEdit too.
+    assert cls.config_class().key_average == "grouped"
+    assert EDITORS.get("alphaedit").config_class().key_average == "grouped"
+    assert EDITORS.get("rome").config_class().update_key == "bare_prompt"

@@ -211,18 +211,27 @@ def sample_texts(handle, prompts: Sequence[str], length: int, seed: int, top_k: 
     return out
 
 
-def context_templates(handle, lengths: Sequence[int], per_length: int, seed: int) -> list[str]:
-    """``["{}"]`` plus ``per_length`` seeded model samples per length, each + ``". {}"``.
+def context_template_groups(handle, lengths: Sequence[int], per_length: int,
+                            seed: int) -> list[list[str]]:
+    """``[["{}"]]`` plus, per length, ``per_length`` seeded model samples each + ``". {}"``.
 
-    The originals draw these unseeded, so two runs edit with different templates; here
-    the seed fixes them.
+    Grouped as the released MEMIT code groups them (its key is the mean of the groups'
+    means; see ``LocateEditor.average_keys``). The originals draw the samples unseeded, so
+    two runs edit with different templates; here the seed fixes them.
     """
-    templates = ["{}"]
+    groups = [["{}"]]
     if per_length == 0:
-        return templates
+        return groups
     for n, length in enumerate(lengths):
         starters = [STARTERS[i % len(STARTERS)] for i in range(per_length)]
+        group = []
         for text in sample_texts(handle, starters, length, seed * 1000 + n):
             text = " ".join(text.replace("{", " ").replace("}", " ").split())
-            templates.append(text + ". {}")
-    return templates
+            group.append(text + ". {}")
+        groups.append(group)
+    return groups
+
+
+def context_templates(handle, lengths: Sequence[int], per_length: int, seed: int) -> list[str]:
+    """The templates of ``context_template_groups`` in one list (the bare prompt first)."""
+    return [t for group in context_template_groups(handle, lengths, per_length, seed) for t in group]

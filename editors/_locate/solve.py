@@ -27,17 +27,22 @@ def apply_delta(module: nn.Module, delta: torch.Tensor, layout: str) -> None:
         w.add_(d.to(device=w.device, dtype=w.dtype))
 
 
-def rome_delta(C: torch.Tensor | None, k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Rank-one update with (W + Delta) k = W k + r, i.e. W k + r = v* (the optimised value):
+def rome_delta(C: torch.Tensor | None, k: torch.Tensor, r: torch.Tensor,
+               k_fit: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank-one update in the direction C^-1 k that moves the output at ``k_fit`` (default
+    ``k``) by exactly ``r``: Delta = r (C^-1 k)^T / ((C^-1 k)^T k_fit); ``C=None`` means C = I
+    (ROME without mom2).
 
-    Delta = r (C^-1 k)^T / ((C^-1 k)^T k); ``C=None`` means C = I (ROME without mom2).
-    Among all updates that map k to v*, this one changes the outputs of corpus keys least
-    (it is minimal in the norm weighted by C).
+    With k_fit = k it is the update of ROME's paper (eq. 2, r = v* - W k*): among all updates
+    that map k to W k + r it changes the outputs of corpus keys least (minimal in the norm
+    weighted by C). ROME's released code keeps the direction (k the mean key over context
+    templates) but fits the key at the bare prompt (k_fit), to which the optimised v* belongs.
     """
     dev = k.device
     k64, r64 = k.to(dev, F64), r.to(dev, F64)
+    fit = k64 if k_fit is None else k_fit.to(dev, F64)
     u = k64 if C is None else torch.linalg.solve(C.to(dev, F64), k64)
-    return torch.outer(r64, u) / (u @ k64)
+    return torch.outer(r64, u) / (u @ fit)
 
 
 def memit_delta(
