@@ -371,10 +371,11 @@ def test_sequential_state_roundtrip(tiny_llama, corpus_file, stats_cache):
     from editors.memit import MemitEditor
 
     for cls, name in ((MemitEditor, "memit"), (AlphaEditEditor, "alphaedit")):
-        editor = cls(tiny_llama, _config(name, corpus_file))
+        extra = {"accumulate_keys": True} if name == "memit" else {}
+        editor = cls(tiny_llama, _config(name, corpus_file, **extra))
         editor.edit(REQUESTS[:2])
         state = editor.state_dict()
-        fresh = cls(tiny_llama, _config(name, corpus_file))
+        fresh = cls(tiny_llama, _config(name, corpus_file, **extra))
         fresh.load_state_dict(state)
         for key, value in state.items():
             for layer, t in value.items():
