@@ -63,6 +63,23 @@ def memit_delta(
     return R64 @ adj.T
 
 
+def emmet_delta(K: torch.Tensor, R: torch.Tensor, C0: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """Delta = R (K^T C0^-1 K + ridge I)^-1 K^T C0^-1 (EMMET, Gupta et al. 2024).
+
+    With ridge = 0 the minimiser of tr(Delta C0 Delta^T) subject to Delta K = R: every key
+    maps exactly to its residual while the preserved keys (C0) move least; for one key it is
+    ROME's rank-one update. ``ridge`` (EMMET's emmet_lambda, added only for a batch of more
+    than one key, as released) trades exactness for a better-conditioned K^T C0^-1 K.
+    """
+    dev = K.device
+    K64, R64 = K.to(dev, F64), R.to(dev, F64)
+    A = torch.linalg.solve(C0.to(dev, F64), K64)  # [in, n] = C0^-1 K
+    D = K64.T @ A  # [n, n]
+    if ridge and D.shape[0] > 1:
+        D = D + ridge * torch.eye(D.shape[0], dtype=F64, device=dev)
+    return R64 @ torch.linalg.solve(D, A.T)
+
+
 def nullspace_projector(C: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
     """P = U U^T over the eigenvectors of C with eigenvalue < ``threshold`` (float64)."""
     C64 = C.to(F64)
