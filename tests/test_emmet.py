@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from conftest import CORPUS, make_tiny
+from conftest import make_tiny, sharpen, spd_matrix
 from editbench.api import EditbenchError, EditRequest
 from editbench.registry import EDITORS
 from editors._locate.solve import emmet_delta, memit_delta, rome_delta
 
 F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("stats_cache")
 REQUESTS = [
     EditRequest("0", "The capital of France is", "France", "Rome"),
     EditRequest("1", "The chemical symbol for gold is", "gold", "Jupiter"),
@@ -20,18 +19,12 @@ REQUESTS = [
 ]
 
 
-def _spd(d: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(d, 3 * d, generator=g, dtype=F64)
-    return a @ a.T / (3 * d)
-
-
 def test_solve_meets_the_equality_constraints_at_least_cost():
     d_in, d_out, n = 24, 10, 6
     g = torch.Generator().manual_seed(0)
     K = torch.randn(d_in, n, generator=g, dtype=F64)
     R = torch.randn(d_out, n, generator=g, dtype=F64)
-    C0 = _spd(d_in, 1)
+    C0 = spd_matrix(d_in, 1)
     delta = emmet_delta(K, R, C0)
     torch.testing.assert_close(delta @ K, R, rtol=1e-9, atol=1e-10)
     # Any other update meeting the constraints (delta + N with N K = 0) costs more under C0.
@@ -52,14 +45,6 @@ def test_solve_meets_the_equality_constraints_at_least_cost():
     assert float((memit @ K - R).norm() / R.norm()) > 1e-3
 
 
-@pytest.fixture
-def corpus_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDITBENCH_STATS_CACHE", str(tmp_path / "stats"))
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 3))
-    return path
-
-
 def _emmet(handle, corpus_file, **settings):
     cls = EDITORS.get("emmet")
     base = dict(context_templates_per_length=0, v_num_grad_steps=8, clamp_norm_factor=1e4,
@@ -76,10 +61,7 @@ def test_every_edit_key_maps_to_its_target(family, layers, tiny_tokenizer, corpu
     """The defining property: after one EMMET step (no ridge) each request's output at its
     key token of the last edited layer is its optimised target z*, exactly."""
     handle = make_tiny(family, tiny_tokenizer)
-    with torch.no_grad():  # random tiny models have near-uniform logits
-        for p in handle.model.parameters():
-            if p.dim() == 2:
-                p.mul_(8)
+    sharpen(handle)
     editor = _emmet(handle, corpus_file, layers=layers)
     block = handle.module_name("block", layers[-1])
     tg = editor.targets(REQUESTS, block)

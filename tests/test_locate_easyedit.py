@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import sys
 import types
 from pathlib import Path
@@ -32,15 +31,18 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from conftest import CORPUS, make_tiny
+from conftest import make_tiny, sharpen
 from editbench.api import EditRequest
 from editbench.registry import EDITORS
 
 EASYEDIT = importlib.util.find_spec("easyeditor")
-pytestmark = pytest.mark.skipif(
-    EASYEDIT is None,
-    reason="easyeditor is not installed (pip install --no-deps easyeditor==0.0.1.dev0)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        EASYEDIT is None,
+        reason="easyeditor is not installed (pip install --no-deps easyeditor==0.0.1.dev0)",
+    ),
+    pytest.mark.usefixtures("stats_cache"),
+]
 TOL = 1e-5
 F64 = torch.float64
 
@@ -131,22 +133,11 @@ def port():
     return _load_port()
 
 
-@pytest.fixture
-def corpus_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDITBENCH_STATS_CACHE", str(tmp_path / "stats"))
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 3))
-    return path
-
-
 def _gpt2(tokenizer):
     """A tiny GPT-2 whose weights are scaled up: at the random init's scale the MLP outputs
     are so small that weight decay swamps the target loss and nothing is learned."""
     handle = make_tiny("gpt2", tokenizer)
-    with torch.no_grad():
-        for p in handle.model.parameters():
-            if p.dim() == 2:
-                p.mul_(8)
+    sharpen(handle)
     return handle
 
 

@@ -10,39 +10,16 @@ the key averaging over context-template groups.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from conftest import CORPUS, make_tiny
+from conftest import make_tiny, sharpen
 from editbench.api import EditRequest
 from editbench.registry import EDITORS
 from editbench.tokens import encode_prompt_target, output_logits
 from editors._locate.targets import KL_PROMPT, optimize_targets
 
 F64 = torch.float64
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 3))
-    return path
-
-
-@pytest.fixture
-def stats_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDITBENCH_STATS_CACHE", str(tmp_path / "stats"))
-
-
-def _sharpen(handle, factor: float = 8.0) -> None:
-    """Random tiny models have near-uniform logits and tiny MLP outputs; scaled weights give
-    the target optimisation a loss that moves."""
-    with torch.no_grad():
-        for p in handle.model.parameters():
-            if p.dim() == 2:
-                p.mul_(factor)
 
 
 def _key_index(tok, text_through_subject: str) -> int:
@@ -59,7 +36,7 @@ def test_first_steps_are_adam_steps_on_the_full_loss(family, tiny_tokenizer):
     computed here. (With the delta attached only after the first forward, the first backward
     had no NLL/KL gradient and the first Adam step moved nothing.)"""
     handle = make_tiny(family, tiny_tokenizer)
-    _sharpen(handle)
+    sharpen(handle)
     tok, model = handle.tokenizer, handle.model
     request = EditRequest("0", "The capital of France is", "France", "Rome")
     cls = EDITORS.get("rome").config_class
@@ -193,7 +170,7 @@ def test_rome_update_key(family, tiny_tokenizer, corpus_file, stats_cache):
     updates = {}
     for choice in ("bare_prompt", "template_mean"):
         handle = make_tiny(family, tiny_tokenizer)
-        _sharpen(handle)
+        sharpen(handle)
         editor = _rome(handle, corpus_file, update_key=choice)
         name = editor.module_names[1]
         tg = editor.targets([request], name)
