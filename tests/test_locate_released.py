@@ -212,7 +212,16 @@ def test_memit_key_average(tiny_llama, corpus_file, stats_cache):
     torch.testing.assert_close(got["grouped"], (keys[:, 0] + keys[:, 1:].mean(1)) / 2)
     torch.testing.assert_close(got["uniform"], keys.mean(1))
     assert not torch.allclose(got["grouped"], got["uniform"])
-    # The released code's default is the grouped key, for AlphaEdit too.
-    assert cls.config_class().key_average == "grouped"
-    assert EDITORS.get("alphaedit").config_class().key_average == "grouped"
-    assert EDITORS.get("rome").config_class().update_key == "bare_prompt"
+    # The released code's choices are the defaults, and the resolved hparams a run writes
+    # into config.json name them (runs that differ in them never share a leaderboard row).
+    from editbench.config import load_hparams
+
+    for editor, key, value in (("memit", "key_average", "grouped"),
+                               ("alphaedit", "key_average", "grouped"),
+                               ("emmet", "key_average", "grouped"),
+                               ("rome", "update_key", "bare_prompt"),
+                               ("memit", "accumulate_keys", False)):
+        config_class = EDITORS.get(editor).config_class
+        assert getattr(config_class(), key) == value, (editor, key)
+        _, recorded = load_hparams(config_class, editor, "llama3-8b", {})
+        assert recorded[key] == value, (editor, key)
