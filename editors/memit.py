@@ -1,9 +1,10 @@
 """MEMIT: many requests at once, spread over several layers' MLP output matrices.
 
-Per layer: Delta = R K^T (lambda C + K K^T)^-1 in float64 (lambda = mom2_update_weight).
-With ``accumulate_keys`` (sequential editing), the keys of all earlier steps enter the
-solve too (a running sum of K K^T per layer, kept on the weight's device and saved with
-the editor's state), so later steps keep earlier edits' outputs.
+Per layer: Delta = R K^T (lambda C + K K^T)^-1 in float64 (lambda = mom2_update_weight),
+as the released MEMIT code solves it. ``accumulate_keys: true`` (off by default, as in the
+released MEMIT) also puts the keys of all earlier steps into the solve (a running sum of
+K K^T per layer, kept on the weight's device and saved with the editor's state), so later
+steps keep earlier edits' outputs: the "MEMIT_seq" of AlphaEdit's repository.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class MemitConfig(MultiLayerConfig):
     layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     clamp_norm_factor: float = 0.75
     mom2_update_weight: float = 15000.0
-    accumulate_keys: bool = True
+    # True: AlphaEdit's MEMIT_seq (earlier steps' keys in the solve); False: the released MEMIT.
+    accumulate_keys: bool = False
 
     def validate(self) -> None:
         super().validate()

@@ -1,15 +1,20 @@
 """ROME: one rank-one update of one MLP output matrix per request.
 
 For each request in turn: k* = the key at the subject's last token averaged over the
-context templates, delta = the optimised change of that MLP's output (see
-``editors._locate.targets``), then W += delta (C^-1 k*)^T / ((C^-1 k*)^T k*), so that
-W k* moves by exactly delta while corpus keys move as little as possible under C.
+context templates, k0 = that key at the bare prompt, delta = the optimised change of that
+MLP's output at the bare prompt (see ``editors._locate.targets``), v* = W k0 + delta.
+
+``update_key: bare_prompt`` (ROME's released code, the default): W += delta (C^-1 k*)^T /
+((C^-1 k*)^T k0), so the bare prompt's key maps exactly to v*. ``update_key: template_mean``
+(the paper's eq. 2): W += (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*), so k* maps to v*. Both
+update in the direction C^-1 k*; with no context templates (k* = k0) they are one update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from editbench.api import EditRequest, EditStats
 from editbench.registry import register_editor
@@ -30,6 +35,9 @@ class RomeConfig(LocateConfig):
     clamp_norm_factor: float = 4.0
     # False: C = I (the original configs for LLaMA-3 turn the covariance off).
     mom2_adjustment: bool = True
+    # The key the update maps exactly to v*: bare_prompt (the released code) or
+    # template_mean (the paper's formula); see the module docstring.
+    update_key: Literal["bare_prompt", "template_mean"] = "bare_prompt"
 
     def validate(self) -> None:
         super().validate()
@@ -53,10 +61,15 @@ class RomeEditor(LocateEditor):
         infos = []
         for request in requests:
             tg = self.targets([request], name)
-            k = self.mean_keys([request], layer=self.layer)[name][0]
+            keys = self.template_keys([request], layer=self.layer)[name][0]  # [templates, in]
             W = self.weight(self.layer)
+            k, k0 = self.average_keys(keys[None])[0].to(W.device), keys[0].to(W.device)
             C = self.stats.get(self.layer) if self.config.mom2_adjustment else None
-            delta = rome_delta(C, k.to(W.device), tg.delta[0].to(W.device))
+            r = tg.delta[0].to(W.device)
+            if self.config.update_key == "bare_prompt":
+                delta = rome_delta(C, k, r, k_fit=k0)
+            else:  # v* - W k* = (W k0 + delta) - W k*
+                delta = rome_delta(C, k, r.double() + W.detach().double() @ (k0 - k).double())
             apply_delta(self.modules[self.layer], delta, self.layout)
             self.edits_done += 1
             infos.append({**target_info(tg), "update_norm": round(float(delta.norm()), 5)})

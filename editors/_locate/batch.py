@@ -42,6 +42,7 @@ from editors._locate.solve import apply_delta
 from editors._locate.targets import Targets, optimize_module_targets, target_text
 
 TargetSpace = Literal["auto", "residual", "mlp_output"]
+KeyAverage = Literal["grouped", "uniform"]
 
 
 @dataclass
@@ -50,6 +51,9 @@ class MultiLayerConfig(LocateConfig):
     # residual: the papers' z at the last edited block; mlp_output: one target per edited
     # layer's mlp_down output; auto: mlp_output where the block normalises the MLP output.
     target_space: TargetSpace = "auto"
+    # grouped: the released code's key (the mean of the bare prompt's key and of each
+    # template length's mean key); uniform: the plain mean over templates (the paper's).
+    key_average: KeyAverage = "grouped"
 
     def validate(self) -> None:
         super().validate()
@@ -96,6 +100,7 @@ class MultiLayerEditor(LocateEditor):
     def __init__(self, handle, config: MultiLayerConfig) -> None:
         super().__init__(handle, config)
         self.target_space = resolve_target_space(config.target_space, handle)
+        self.key_average = config.key_average
 
     @abstractmethod
     def solve(self, layer: int, K: torch.Tensor, R: torch.Tensor,

@@ -10,6 +10,7 @@ what else is in its batch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -29,14 +30,31 @@ class StopForward(Exception):
     """Raised by a hook once every tensor a pass needs has been captured."""
 
 
-def subject_span(text: str, subject: str) -> tuple[int, int] | None:
-    """Character span of the first occurrence of ``subject`` (case-insensitive fallback)."""
-    start = text.find(subject)
-    if start < 0:
-        start = text.lower().find(subject.lower())
-    if start < 0:
-        return None
-    return start, start + len(subject)
+def _subject_pattern(subject: str, bounded: bool) -> str:
+    """``subject`` as a regex; ``bounded``: no word character may touch a word-character end
+    (so "gold" is not found inside "golden")."""
+    pattern = re.escape(subject)
+    if bounded and re.match(r"\w", subject):
+        pattern = r"(?<!\w)" + pattern
+    if bounded and re.search(r"\w$", subject):
+        pattern += r"(?!\w)"
+    return pattern
+
+
+def subject_span(text: str, subject: str, start: int = 0) -> tuple[int, int] | None:
+    """Character span of the first occurrence of ``subject`` in ``text[start:]``.
+
+    The originals substitute the subject into the prompt's "{}", so the key is always the
+    prompt's own mention: a context template before ``start`` is never searched, and a
+    match must stand as a word of its own. Fallbacks, in order and still only after
+    ``start``: ignoring case, then a match inside a longer word (better than no match).
+    """
+    for bounded in (True, False):
+        for flags in (0, re.IGNORECASE):
+            found = re.compile(_subject_pattern(subject, bounded), flags).search(text, start)
+            if found:
+                return found.start(), found.end()
+    return None
 
 
 @dataclass(frozen=True)
@@ -48,8 +66,9 @@ class Located:
     subject_found: bool = True
 
 
-def locate(tokenizer, text: str, subject: str, rule: str) -> Located:
-    """Tokenize ``text`` (as ``editbench.tokens.encode_prompt`` does) and find the key token."""
+def locate(tokenizer, text: str, subject: str, rule: str, start: int = 0) -> Located:
+    """Tokenize ``text`` (as ``editbench.tokens.encode_prompt`` does) and find the key token
+    (the subject is searched from character ``start`` on: see ``subject_span``)."""
     text = text.rstrip()
     enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
@@ -57,7 +76,7 @@ def locate(tokenizer, text: str, subject: str, rule: str) -> Located:
         raise EditbenchError(f"text {text!r} tokenizes to nothing")
     if rule == "last":
         return Located(ids, len(ids) - 1)
-    span = subject_span(text, subject)
+    span = subject_span(text, subject, start)
     if span is None:
         # The subject is not in the prompt (some zsRE records): read the last token.
         return Located(ids, len(ids) - 1, subject_found=False)
@@ -68,6 +87,12 @@ def locate(tokenizer, text: str, subject: str, rule: str) -> Located:
     if not covering:
         return Located(ids, len(ids) - 1, subject_found=False)
     return Located(ids, covering[-1] if rule == "subject_last" else covering[0])
+
+
+def locate_in_template(tokenizer, template: str, prompt: str, subject: str, rule: str) -> Located:
+    """``locate`` on ``template.format(prompt)`` with the subject searched only inside the
+    prompt: a template sampled from the model may mention the subject too."""
+    return locate(tokenizer, template.format(prompt), subject, rule, start=template.index("{}"))
 
 
 def _first_tensor(x):
@@ -186,18 +211,27 @@ def sample_texts(handle, prompts: Sequence[str], length: int, seed: int, top_k: 
     return out
 
 
-def context_templates(handle, lengths: Sequence[int], per_length: int, seed: int) -> list[str]:
-    """``["{}"]`` plus ``per_length`` seeded model samples per length, each + ``". {}"``.
+def context_template_groups(handle, lengths: Sequence[int], per_length: int,
+                            seed: int) -> list[list[str]]:
+    """``[["{}"]]`` plus, per length, ``per_length`` seeded model samples each + ``". {}"``.
 
-    The originals draw these unseeded, so two runs edit with different templates; here
-    the seed fixes them.
+    Grouped as the released MEMIT code groups them (its key is the mean of the groups'
+    means; see ``LocateEditor.average_keys``). The originals draw the samples unseeded, so
+    two runs edit with different templates; here the seed fixes them.
     """
-    templates = ["{}"]
+    groups = [["{}"]]
     if per_length == 0:
-        return templates
+        return groups
     for n, length in enumerate(lengths):
         starters = [STARTERS[i % len(STARTERS)] for i in range(per_length)]
+        group = []
         for text in sample_texts(handle, starters, length, seed * 1000 + n):
             text = " ".join(text.replace("{", " ").replace("}", " ").split())
-            templates.append(text + ". {}")
-    return templates
+            group.append(text + ". {}")
+        groups.append(group)
+    return groups
+
+
+def context_templates(handle, lengths: Sequence[int], per_length: int, seed: int) -> list[str]:
+    """The templates of ``context_template_groups`` in one list (the bare prompt first)."""
+    return [t for group in context_template_groups(handle, lengths, per_length, seed) for t in group]

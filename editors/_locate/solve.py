@@ -27,17 +27,22 @@ def apply_delta(module: nn.Module, delta: torch.Tensor, layout: str) -> None:
         w.add_(d.to(device=w.device, dtype=w.dtype))
 
 
-def rome_delta(C: torch.Tensor | None, k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Rank-one update with (W + Delta) k = W k + r, i.e. W k + r = v* (the optimised value):
+def rome_delta(C: torch.Tensor | None, k: torch.Tensor, r: torch.Tensor,
+               k_fit: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank-one update in the direction C^-1 k that moves the output at ``k_fit`` (default
+    ``k``) by exactly ``r``: Delta = r (C^-1 k)^T / ((C^-1 k)^T k_fit); ``C=None`` means C = I
+    (ROME without mom2).
 
-    Delta = r (C^-1 k)^T / ((C^-1 k)^T k); ``C=None`` means C = I (ROME without mom2).
-    Among all updates that map k to v*, this one changes the outputs of corpus keys least
-    (it is minimal in the norm weighted by C).
+    With k_fit = k it is the update of ROME's paper (eq. 2, r = v* - W k*): among all updates
+    that map k to W k + r it changes the outputs of corpus keys least (minimal in the norm
+    weighted by C). ROME's released code keeps the direction (k the mean key over context
+    templates) but fits the key at the bare prompt (k_fit), to which the optimised v* belongs.
     """
     dev = k.device
     k64, r64 = k.to(dev, F64), r.to(dev, F64)
+    fit = k64 if k_fit is None else k_fit.to(dev, F64)
     u = k64 if C is None else torch.linalg.solve(C.to(dev, F64), k64)
-    return torch.outer(r64, u) / (u @ k64)
+    return torch.outer(r64, u) / (u @ fit)
 
 
 def memit_delta(
@@ -56,6 +61,23 @@ def memit_delta(
         A += KKt_prev.to(dev, F64)
     adj = torch.linalg.solve(A, K64)  # [in, n] = A^-1 K (A symmetric)
     return R64 @ adj.T
+
+
+def emmet_delta(K: torch.Tensor, R: torch.Tensor, C0: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """Delta = R (K^T C0^-1 K + ridge I)^-1 K^T C0^-1 (EMMET, Gupta et al. 2024).
+
+    With ridge = 0 the minimiser of tr(Delta C0 Delta^T) subject to Delta K = R: every key
+    maps exactly to its residual while the preserved keys (C0) move least; for one key it is
+    ROME's rank-one update. ``ridge`` (EMMET's emmet_lambda, added only for a batch of more
+    than one key, as released) trades exactness for a better-conditioned K^T C0^-1 K.
+    """
+    dev = K.device
+    K64, R64 = K.to(dev, F64), R.to(dev, F64)
+    A = torch.linalg.solve(C0.to(dev, F64), K64)  # [in, n] = C0^-1 K
+    D = K64.T @ A  # [n, n]
+    if ridge and D.shape[0] > 1:
+        D = D + ridge * torch.eye(D.shape[0], dtype=F64, device=dev)
+    return R64 @ torch.linalg.solve(D, A.T)
 
 
 def nullspace_projector(C: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:

@@ -33,7 +33,7 @@ from editbench.tokens import (
     per_sample_mean,
 )
 from editors._locate.config import LocateConfig
-from editors._locate.keys import Located, _first_tensor, locate
+from editors._locate.keys import Located, _first_tensor, locate, locate_in_template
 
 KL_PROMPT = "{} is a"
 
@@ -62,7 +62,7 @@ def rewriting_items(tokenizer, request: EditRequest, templates: Sequence[str], c
     items, positions, missing = [], [], 0
     for template in templates:
         text = template.format(request.prompt)
-        loc = locate(tokenizer, text, request.subject, cfg.fact_token)
+        loc = locate_in_template(tokenizer, template, request.prompt, request.subject, cfg.fact_token)
         try:
             pt = encode_prompt_target(tokenizer, text, target, append_eos=eos)
         except ValueError as exc:
@@ -76,22 +76,40 @@ def rewriting_items(tokenizer, request: EditRequest, templates: Sequence[str], c
     return items, positions, kl, missing
 
 
-class _AddAt:
-    """Forward hook adding ``delta[group[row], slot]`` to the output at ``(row, position)``."""
+class _Deltas:
+    """The trainable deltas [n, modules, d], made zero by the first forward that reaches a
+    hooked module (d is that module's output width), so they are in the graph of the very
+    first pass: the first backward already has the NLL/KL gradient, as in the originals."""
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, group: torch.Tensor, slot: int) -> None:
+    def __init__(self, n: int, modules: int) -> None:
+        self.n, self.modules = n, modules
+        self.tensor: torch.Tensor | None = None
+
+    def get(self, h: torch.Tensor) -> torch.Tensor:
+        if self.tensor is None:
+            self.tensor = torch.zeros(self.n, self.modules, h.shape[-1], device=h.device,
+                                      dtype=torch.float32, requires_grad=True)
+        return self.tensor
+
+
+class _AddAt:
+    """Forward hook adding ``delta[group[row], slot]`` to the output at ``(row, position)``;
+    ``seen``: the output there in the first pass (delta = 0 then)."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, group: torch.Tensor, slot: int,
+                 deltas: _Deltas) -> None:
         self.rows, self.cols, self.group, self.slot = rows, cols, group, slot
-        self.delta: torch.Tensor | None = None  # [n, modules, d]
+        self.deltas = deltas
         self.seen: torch.Tensor | None = None
 
     def __call__(self, module, args, output):
         h = _first_tensor(output)
         dev = h.device
         rows, cols = self.rows.to(dev), self.cols.to(dev)
-        self.seen = h[rows, cols].detach().float()
-        if self.delta is None:
-            return output
-        values = self.delta[:, self.slot].to(dev)[self.group.to(dev)].to(h.dtype)
+        if self.seen is None:
+            self.seen = h[rows, cols].detach().float()
+        delta = self.deltas.get(h)
+        values = delta[:, self.slot].to(dev)[self.group.to(dev)].to(h.dtype)
         h = h.index_put((rows, cols), values, accumulate=True)
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
@@ -148,7 +166,8 @@ def _optimize_batch(handle, requests, templates, insert_modules, cfg: LocateConf
     rows = torch.arange(n * t + n)
     cols = torch.tensor(positions + [k.position for k in kl_locs])
     group = torch.cat([torch.arange(n).repeat_interleave(t), torch.arange(n)])
-    hooks = [_AddAt(rows, cols, group, slot) for slot in range(len(insert_modules))]
+    deltas = _Deltas(n, len(insert_modules))
+    hooks = [_AddAt(rows, cols, group, slot, deltas) for slot in range(len(insert_modules))]
 
     device = handle.input_device
     ids, mask = ids.to(device), mask.to(device)
@@ -179,17 +198,14 @@ def _optimize_batch(handle, requests, templates, insert_modules, cfg: LocateConf
                 output_logits(model, hidden[kl_rows, kl_cols]).float(), -1
             )
             if delta is None:
-                # [n, modules, d]: each module's output at the bare prompt (template 0)
+                # The first pass ran with delta = 0 in the graph: it gives the unedited
+                # outputs ([n, modules, d] at the bare prompt, template 0) and distribution.
+                delta = deltas.tensor
+                assert delta is not None, "the insert modules were not reached"
                 h_bare = torch.stack([h.seen[: n * t].view(n, t, -1)[:, 0] for h in hooks], 1)
                 kl_init = kl_logp.detach()
-                delta = torch.zeros_like(h_bare, requires_grad=True)
-                for h in hooks:
-                    h.delta = delta
                 opt = torch.optim.Adam([delta], lr=cfg.v_lr)
-                # delta = 0 in this pass: recompute nothing, the loss is the initial one.
-                kl_r = torch.zeros(n, device=nll_r.device)
-            else:
-                kl_r = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
+            kl_r = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
             h_norm2 = h_bare.to(delta.device).norm(dim=-1) ** 2
             wd_r = cfg.v_weight_decay * (delta.norm(dim=-1) / h_norm2).sum(-1)
             loss_r = nll_r.to(delta.device) + cfg.kl_factor * kl_r.to(delta.device) + wd_r
@@ -238,7 +254,7 @@ def template_items(
 ) -> list[Located]:
     """Request-major: ``len(templates)`` consecutive items per request."""
     return [
-        locate(tokenizer, tpl.format(r.prompt), r.subject, rule)
+        locate_in_template(tokenizer, tpl, r.prompt, r.subject, rule)
         for r in requests
         for tpl in templates
     ]
