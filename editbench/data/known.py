@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from editbench.api import EditRequest
 from editbench.errors import EditbenchError
 from editbench.files import atomic_write_json, atomic_write_text, sha256_file
+from editbench.progress import bar
 from editbench.resources import cache_dir
 
 if TYPE_CHECKING:
@@ -121,7 +122,13 @@ def scan(handle: ModelHandle, facts: Sequence[_Fact], settings: KnownSettings) -
     from editbench.evaluate.prompts import format_prompt
 
     prompts = [format_prompt(f.prompt, settings.prompt_format, handle.tokenizer) for f in facts]
-    answers = generate_answers(handle, prompts, settings.max_new_tokens, settings.batch_size)
+    answers: list[str] = []
+    chunk = 32 * settings.batch_size  # a progress step; batches never cross one
+    with bar("known facts", len(prompts), "prompt") as pbar:
+        for start in range(0, len(prompts), chunk):
+            part = prompts[start:start + chunk]
+            answers += generate_answers(handle, part, settings.max_new_tokens, settings.batch_size)
+            pbar.update(len(part))
     return dict(zip(facts, answers, strict=True))
 
 
