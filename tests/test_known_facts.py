@@ -62,6 +62,26 @@ def test_every_locality_prompt_of_the_built_data_is_known(tiny_llama, tmp_path):
     # Deterministic: a second build writes the same bytes.
     again = build(tiny_llama, [source], tmp_path / "b", settings, "tiny-llama")
     assert again["files"] == card["files"]
+    # A build again in the same folder reads the scan back and asks the model nothing; a
+    # line cut by a kill is asked again.
+    import editbench.evaluate.generation as generation
+
+    scan_file = tmp_path / "a" / "scan.jsonl"
+    lines = scan_file.read_text().splitlines(keepends=True)
+    scan_file.write_text("".join(lines[:-1]) + lines[-1][:5])
+    asked: list[str] = []
+    real = generation.generate_answers
+
+    def spy(handle, prompts, *args, **kwargs):
+        asked.extend(prompts)
+        return real(handle, prompts, *args, **kwargs)
+
+    generation.generate_answers = spy
+    try:
+        third = build(tiny_llama, [source], tmp_path / "a", settings, "tiny-llama")
+    finally:
+        generation.generate_answers = real
+    assert len(asked) == 1 and third["files"] == card["files"]
     # The files load as editing data with each prompt's kind.
     loaded = load_dataset(str(tmp_path / "a" / "eval.json"))
     assert all(loc.kind in ("neighbourhood", "distant") for r in loaded.requests for loc in r.locality)
@@ -72,3 +92,37 @@ def test_a_known_name_that_was_never_built_says_how_to_build_it(monkeypatch, tmp
     assert resolve_known("zsre-3k") is None
     with pytest.raises(EditbenchError, match="editbench known-facts --model smollm2-135m"):
         load_dataset("known-smollm2-135m-tune")
+
+
+def test_borrowed_distant_facts_are_about_other_subjects_and_relations(tiny_llama, tmp_path):
+    """Known edit-prompt facts of subjects nobody edits become distant locality for requests
+    of another relation; an edited subject's fact, or one of the same relation, never does."""
+    texts = ["item 0 is made of", "item 1 is made of", "item 5 is made of", "item 6 is made of",
+             "item 2 is made of", "town 2 lies in", "town 3 lies in"]
+    said = dict(zip(texts, (cut_at_stop(a) for a in generate_answers(tiny_llama, texts, 6, 8)),
+                    strict=True))
+    assert all(said.values()), "the tiny model answers every prompt"
+
+    def request(subject, prompt, locality):
+        return EditRequest(case_id=subject, prompt=prompt, subject=subject, target_new="tea",
+                           target_true=said[prompt], locality=locality)
+
+    requests = [
+        # Edited: a known neighbourhood prompt of their own, no known distant one.
+        request("item 0", texts[0], (LocalityPrompt(texts[2], said[texts[2]], "neighbourhood"),)),
+        request("item 1", texts[1], (LocalityPrompt(texts[3], said[texts[3]], "neighbourhood"),)),
+        # Not kept (nothing known of their locality), but their edit facts are known.
+        request("item 2", texts[4], (LocalityPrompt("nothing", "zebra", "distant"),)),
+        request("town 2", texts[5], (LocalityPrompt("nothing", "zebra", "distant"),)),
+        request("town 3", texts[6], (LocalityPrompt("nothing", "zebra", "distant"),)),
+    ]
+    source = LoadedDataset("toy", "toy.json", "0" * 64, "flat", "target_new", requests)
+    build(tiny_llama, [source], tmp_path, KnownSettings(max_new_tokens=6, batch_size=8,
+                                                      tune_fraction=0.5), "tiny-llama")
+    every = [r for part in ("tune", "eval") for r in json.loads((tmp_path / f"{part}.json").read_text())]
+    assert {r["subject"] for r in every} == {"item 0", "item 1"}
+    borrowed = [p for r in every for p, k in zip(r["locality_prompt"], r["locality_kind"], strict=True)
+                if k == "distant"]
+    # Only the towns' facts qualify: "item 2 is made of" shares the edits' relation, and the
+    # edited items' own facts are meant to change.
+    assert borrowed and set(borrowed) <= {"town 2 lies in", "town 3 lies in"}

@@ -11,10 +11,12 @@ is one of them:
 - every request with at least one known locality prompt of its own is kept, with those
   prompts (CounterFact: neighbourhood prompts, whose answer is the true object; zsRE: its
   Natural Questions pair, distant);
-- a request without a known distant prompt of its own gets one known distant fact of
-  another request (seeded, round robin), so most requests test both kinds;
-- the edit prompt's own fact (prompt -> true object) is scanned too and counted in the
-  card (how much of the source the model knows), not used as locality.
+- the edit prompt's own fact (prompt -> true object) is scanned too (how much of the source
+  the model knows, in the card);
+- a request without a known distant prompt of its own gets one known fact of another
+  subject and another relation (a known NQ pair, or a known edit-prompt fact whose prompt
+  template differs from the request's), seeded, round robin, so most requests test both
+  kinds.
 
 The result is split by subject into a tuning slice and an evaluation slice that share no
 edit subject and no locality prompt (``tune.json``, ``eval.json``, flat format with each
@@ -25,6 +27,8 @@ known, how long it took, and the files' SHA-256. Runs name them ``known-<model>-
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import re
 import time
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from editbench.api import EditRequest
 from editbench.errors import EditbenchError
-from editbench.files import atomic_write_json, atomic_write_text, sha256_file
+from editbench.files import atomic_write_json, atomic_write_text, dumps, sha256_file
 from editbench.progress import bar
 from editbench.resources import cache_dir
 
@@ -116,20 +120,54 @@ def _facts(name: str, requests: Sequence[EditRequest]) -> list[_Fact]:
     return out
 
 
-def scan(handle: ModelHandle, facts: Sequence[_Fact], settings: KnownSettings) -> dict[_Fact, str]:
-    """The model's greedy answer to every fact's prompt (in the settings' prompt format)."""
+def scan(handle: ModelHandle, facts: Sequence[_Fact], settings: KnownSettings,
+         cache: Path | None = None) -> dict[_Fact, str]:
+    """The model's greedy answer to every fact's prompt (in the settings' prompt format).
+
+    ``cache`` (JSON lines: a header naming the model and settings, then prompt -> answer)
+    keeps every chunk's answers as it finishes, so a killed scan resumes and a dataset built
+    again from the same scan (other sources' selection rules, another split) asks nothing
+    twice; a cache of another model or other settings is started afresh.
+    """
     from editbench.evaluate.generation import generate_answers
     from editbench.evaluate.prompts import format_prompt
 
     prompts = [format_prompt(f.prompt, settings.prompt_format, handle.tokenizer) for f in facts]
-    answers: list[str] = []
+    header = {"model": handle.identity, "max_new_tokens": settings.max_new_tokens,
+              "batch_size": settings.batch_size, "prompt_format": settings.prompt_format}
+    done = _read_scan(cache, header) if cache is not None else {}
+    todo = sorted(set(prompts) - set(done))
+    if cache is not None:  # rewritten whole: drops another scan's answers or a cut last line
+        atomic_write_text(cache, "".join(dumps(r) + "\n" for r in [
+            header, *({"prompt": p, "answer": a} for p, a in done.items())]))
     chunk = 32 * settings.batch_size  # a progress step; batches never cross one
-    with bar("known facts", len(prompts), "prompt") as pbar:
-        for start in range(0, len(prompts), chunk):
-            part = prompts[start:start + chunk]
-            answers += generate_answers(handle, part, settings.max_new_tokens, settings.batch_size)
+    with bar("known facts", len(todo), "prompt") as pbar:
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            answers = generate_answers(handle, part, settings.max_new_tokens, settings.batch_size)
+            done.update(zip(part, answers, strict=True))
+            if cache is not None:
+                with cache.open("a", encoding="utf-8") as fh:
+                    fh.writelines(dumps({"prompt": p, "answer": a}) + "\n"
+                                  for p, a in zip(part, answers, strict=True))
             pbar.update(len(part))
-    return dict(zip(facts, answers, strict=True))
+    return {f: done[p] for f, p in zip(facts, prompts, strict=True)}
+
+
+def _read_scan(path: Path, header: dict[str, Any]) -> dict[str, str]:
+    """The answers of an earlier scan with the same header (none otherwise)."""
+    if not path.is_file():
+        return {}
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut by a kill: what follows it is asked again
+                break
+    if not rows or rows[0] != header:
+        return {}
+    return {r["prompt"]: r["answer"] for r in rows[1:]}
 
 
 def build(handle: ModelHandle, sources: Sequence[LoadedDataset], out_dir: Path,
@@ -141,14 +179,22 @@ def build(handle: ModelHandle, sources: Sequence[LoadedDataset], out_dir: Path,
     if not facts:
         raise EditbenchError("known-facts: the sources hold no locality prompt or true object to scan")
     t0 = time.perf_counter()
-    answers = scan(handle, facts, settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    answers = scan(handle, facts, settings, out_dir / "scan.jsonl")
     seconds = time.perf_counter() - t0
     known = {f for f in facts if knows(answers[f], f.answer)}
     kept = _requests_with_known_locality(sources, known)
-    tune_subjects = _split_subjects([r for _, r, _ in kept], settings)
+    # Distant facts: known unrelated questions (zsRE's NQ pairs) and the known facts of edit
+    # prompts (prompt -> true object) of subjects no kept request edits (an edited subject's
+    # fact is meant to change), each given to requests of another relation.
+    edited = {r.subject for _, r, _ in kept}
+    distant = _unique(f for f in sorted(known, key=_order)
+                      if f.kind == "distant" or (f.kind == "edit" and f.subject not in edited))
+    tune_subjects = _split_subjects([r.subject for _, r, _ in kept] + [f.subject for f in distant],
+                                    settings)
     slices: dict[str, list[dict[str, Any]]] = {part: [] for part in PARTS}
-    pool = {part: [f for f in sorted(known, key=_order) if f.kind == "distant"
-                   and (f.subject in tune_subjects) == (part == "tune")] for part in PARTS}
+    pool = {part: [f for f in distant if (f.subject in tune_subjects) == (part == "tune")]
+            for part in PARTS}
     rng = random.Random(f"known-facts:{settings.seed}")
     for part in PARTS:
         rng.shuffle(pool[part])
@@ -195,20 +241,39 @@ def _requests_with_known_locality(sources: Sequence[LoadedDataset], known: set[_
     return out
 
 
-def _split_subjects(requests: Sequence[EditRequest], settings: KnownSettings) -> set[str]:
+def _unique(facts) -> list[_Fact]:
+    """One fact per (prompt, answer): the same fact in two sources counts once."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for f in facts:
+        if (f.prompt, f.answer) not in seen:
+            seen.add((f.prompt, f.answer))
+            out.append(f)
+    return out
+
+
+def _relation(prompt: str, subject: str) -> str:
+    """The prompt with its subject taken out: a CounterFact relation template."""
+    return prompt.replace(subject, "{}") if subject in prompt else prompt
+
+
+def _split_subjects(subjects: Sequence[str], settings: KnownSettings) -> set[str]:
     """The tuning slice's subjects: a seeded share of the distinct subjects."""
-    subjects = sorted({r.subject for r in requests})
+    subjects = sorted(set(subjects))
     random.Random(f"known-split:{settings.seed}").shuffle(subjects)
     return set(subjects[: round(len(subjects) * settings.tune_fraction)])
 
 
 def _next_distant(pool: list[_Fact], used: dict[str, int], part: str, r: EditRequest) -> _Fact | None:
-    """The next distant fact of the slice's pool that is not about this request."""
+    """The next fact of the slice's pool that is unrelated to this request: another subject,
+    another relation (prompt template), neither of its objects."""
+    relation = _relation(r.prompt, r.subject)
     for _ in range(len(pool)):
         f = pool[used[part] % len(pool)]
         used[part] += 1
-        if f.subject != r.subject and f.answer not in (r.target_new, r.target_true):
-            return f
+        if (f.subject != r.subject and f.answer not in (r.target_new, r.target_true)
+                and _relation(f.prompt, f.subject) != relation):
+            return dataclasses.replace(f, kind="distant")
     return None
 
 
