@@ -345,3 +345,22 @@ def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
         server.server_close()
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+def cli_flags() -> set[str]:
+    """Every ``--flag`` of every ``editbench`` subcommand (messages and pages may name only these)."""
+    import argparse
+
+    from editbench.cli import build_parser
+
+    flags: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            flags.update(s for s in action.option_strings if s.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    return flags

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_tiny_project
-from editbench.cli import build_parser, main
+from conftest import REPO, cli_flags, write_tiny_project
+from editbench.cli import main
 
 
 def _block(monkeypatch, *modules: str) -> None:
@@ -97,28 +97,12 @@ def test_lm_eval_backend_without_lm_eval_names_the_extra(monkeypatch):
 # -- every flag a message names exists ---------------------------------------------------
 
 
-def _flags() -> set[str]:
-    import argparse
-
-    flags: set[str] = set()
-
-    def walk(parser: argparse.ArgumentParser) -> None:
-        for action in parser._actions:
-            flags.update(s for s in action.option_strings if s.startswith("--"))
-            if isinstance(action, argparse._SubParsersAction):
-                for sub in action.choices.values():
-                    walk(sub)
-
-    walk(build_parser())
-    return flags
-
-
 # Flags of other programs that messages quote on purpose.
 _FOREIGN = {"--no-deps"}
 
 
 def test_every_flag_named_in_the_code_exists():
-    known = _flags() | _FOREIGN
+    known = cli_flags() | _FOREIGN
     pattern = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]")
     unknown = []
     for folder in ("editbench", "editors"):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import pytest
 import torch
 
 from editors._locate.stats import (
@@ -16,23 +13,6 @@ from editors._locate.stats import (
 )
 from editors.memit import MemitConfig
 from editors.rome import RomeConfig
-
-TEXTS = ["The river flows through the old town.", "Paris is the capital of France.",
-         "A cat sat on the mat while the dog slept.", "Numbers such as 12 and 40 appear here."]
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS * 3))
-    return path
-
-
-@pytest.fixture
-def stats_cache(tmp_path, monkeypatch):
-    root = tmp_path / "stats"
-    monkeypatch.setenv("EDITBENCH_STATS_CACHE", str(root))
-    return root
 
 
 def test_one_pass_serves_editors_at_other_layers(tiny_llama, corpus_file, stats_cache):

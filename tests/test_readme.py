@@ -4,11 +4,12 @@ one that no command has (the old README sent readers to a `--corpus` that never 
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import pytest
+
+from conftest import cli_flags
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -103,24 +104,8 @@ def test_docs_page_says_what_it_covers(page):
     assert lines[0].startswith("# ") and lines[1].startswith("What this page covers:"), page.name
 
 
-def _cli_flags() -> set[str]:
-    from editbench.cli import build_parser
-
-    flags: set[str] = set()
-
-    def walk(parser: argparse.ArgumentParser) -> None:
-        for action in parser._actions:
-            flags.update(s for s in action.option_strings if s.startswith("--"))
-            if isinstance(action, argparse._SubParsersAction):
-                for sub in action.choices.values():
-                    walk(sub)
-
-    walk(build_parser())
-    return flags
-
-
 def test_every_flag_the_pages_name_exists():
-    known = _cli_flags()
+    known = cli_flags()
     for flag, script in FOREIGN_FLAGS.items():
         if script is not None:
             assert f'"{flag}"' in (REPO / script).read_text(encoding="utf-8"), f"{script} {flag}"
