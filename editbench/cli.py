@@ -249,7 +249,7 @@ def summary(config: dict, metrics: dict, path) -> str:
             before = pre.get(key)
             shown = "   -  " if before is None else f"{before:6.3f}"
             lines.append(f"  {key:<{width}}  {shown}  {res[key]:.3f}")
-        lines.extend(_few_cases(res))
+        lines.extend(_few_cases(name, res))
         empty = res.get("locality_empty_pre")
         if empty is not None and empty > 0.2:
             lines.append(
@@ -269,16 +269,22 @@ def summary(config: dict, metrics: dict, path) -> str:
     return "\n".join(lines)
 
 
-def _few_cases(res: dict) -> list[str]:
-    """A line per metric whose value rests on fewer cases than it asks for."""
-    from editbench.evaluate.metrics import min_cases
+def _few_cases(protocol: str, res: dict) -> list[str]:
+    """A line per metric whose value rests on fewer cases than it asks for (or none)."""
+    from editbench.evaluate.metrics import metrics
 
     out = []
-    for name, count in (res.get("n") or {}).items():
-        least = min_cases(name)
-        if least is not None and count < least and name in res:
-            out.append(f"  note: {name} rests on {count} requests with a known locality prompt "
-                       f"(fewer than {least}): indicative only; known_pre says how many are known")
+    counts = res.get("n") or {}
+    for m in metrics(protocol):
+        if m.min_n is None or "known_pre" not in res:
+            continue
+        count = counts.get(m.name, 0)
+        if count == 0:
+            out.append(f"  note: no locality prompt is known to the unedited model, so {m.name} "
+                       "cannot be measured here (editbench known-facts builds data where it can)")
+        elif count < m.min_n:
+            out.append(f"  note: {m.name} rests on {count} requests with a known locality prompt "
+                       f"(fewer than {m.min_n}): indicative only; known_pre says how many are known")
     return out
 
 

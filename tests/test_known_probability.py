@@ -120,3 +120,25 @@ def test_no_distribution_tokens_scores_locality_without_them(tiny_llama):
     evaluator = Evaluator(tiny_llama, EvalSettings(dist_tokens=0, max_new_tokens=4))
     results = evaluator.evaluate([request], evaluator.baseline([request]))["generation"]
     assert results["locality"] == 1.0 and "locality_kl" not in results
+
+
+def test_the_summary_shows_known_fact_locality_first_and_says_when_it_rests_on_few():
+    from editbench.cli import summary
+
+    config = {"editor": "e", "model": {"name": "m"}, "dataset": {"name": "d"},
+              "protocol": {"evaluation": "after all edits", "definitions": {"generation": "g"}}}
+    results = {"reliability": 1.0, "locality": 0.7, "locality_known": 0.5,
+               "locality_known_distant": 0.4, "known_pre": 0.2,
+               "n": {"reliability": 100, "locality": 100, "locality_known": 20,
+                     "locality_known_distant": 20, "known_pre": 100}}
+    metrics = {"results": {"generation": results}, "num_edits": 100, "edits_per_step": 100,
+               "edit_time_s": 1.0, "edit_time_per_request_s": 0.01, "baseline_time_s": 1.0,
+               "eval_time_s": 1.0}
+    lines = summary(config, metrics, "RUN").splitlines()
+    names = [line.split()[0] for line in lines if line.startswith("  ") and line.split()[0] in results]
+    assert names.index("locality_known") < names.index("locality")
+    assert names.index("locality_known_distant") < names.index("locality")
+    assert any("locality_known rests on 20 requests" in line for line in lines)
+    results["n"]["locality_known"] = 0
+    del results["locality_known"], results["locality_known_distant"]
+    assert "cannot be measured here" in summary(config, metrics, "RUN")
