@@ -294,7 +294,9 @@ def _summary_order(protocol: str, keys: list[str]) -> list[str]:
     from editbench.evaluate.metrics import reported_names
 
     kinds = sorted({k.rsplit("_", 1)[-1] for k in keys} | set(LOCALITY_KINDS))
-    order = {name: i for i, name in enumerate(reported_names(protocol, kinds))}
+    order: dict[str, int] = {}
+    for i, name in enumerate(reported_names(protocol, kinds)):
+        order.setdefault(name, i)  # a name's first place: locality_known is no kind of locality
     return sorted(keys, key=lambda k: order.get(k, len(order)))
 
 
