@@ -101,9 +101,9 @@ class RunSpec:
                                   "granularity; the numbers do not depend on it)", positive=True,
                                   metavar="N")
     protocols: tuple[str, ...] = option(
-        ("generation",), "scoring protocols: generation, teacher_forced, both (generation and "
-        "teacher_forced), or a comma-separated list of them", flag="--protocol",
-        parse=parse_protocols)
+        ("generation",), "scoring protocols: generation, teacher_forced, probability (ROME's "
+        "CounterFact scores), both (generation and teacher_forced), or a comma-separated list, "
+        "e.g. generation,probability", flag="--protocol", parse=parse_protocols, metavar="LIST")
     prompt_format: Literal["raw", "qa", "chat"] = option(
         "raw", "how every prompt is presented, before and after editing and to the editor: raw "
         "(the paper's protocol), qa ('Question: ...\\nAnswer:') or chat (the tokenizer's chat "
