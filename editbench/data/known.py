@@ -14,9 +14,11 @@ is one of them:
 - the edit prompt's own fact (prompt -> true object) is scanned too (how much of the source
   the model knows, in the card);
 - a request without a known distant prompt of its own gets one known fact of another
-  subject and another relation (a known NQ pair, or a known edit-prompt fact whose prompt
-  template differs from the request's), seeded, round robin, so most requests test both
-  kinds.
+  subject and neither of its objects (a known NQ pair, or a known edit-prompt fact whose
+  prompt template differs from the request's), seeded, round robin, so most requests test
+  both kinds. CounterFact words one relation several ways, so such a fact may share the
+  edit's relation under another wording (e.g. "X, which is located in" and "Y is located
+  in the country of"): "distant" here means no shared subject or object.
 
 The result is split by subject into a tuning slice and an evaluation slice that share no
 edit subject and no locality prompt (``tune.json``, ``eval.json``, flat format with each
@@ -121,8 +123,9 @@ def _facts(name: str, requests: Sequence[EditRequest]) -> list[_Fact]:
 
 
 def scan(handle: ModelHandle, facts: Sequence[_Fact], settings: KnownSettings,
-         cache: Path | None = None) -> dict[_Fact, str]:
-    """The model's greedy answer to every fact's prompt (in the settings' prompt format).
+         cache: Path | None = None) -> tuple[dict[_Fact, str], int]:
+    """The model's greedy answer to every fact's prompt (in the settings' prompt format), and
+    how many distinct prompts were asked now (the others came from ``cache``).
 
     ``cache`` (JSON lines: a header naming the model and settings, then prompt -> answer)
     keeps every chunk's answers as it finishes, so a killed scan resumes and a dataset built
@@ -151,7 +154,7 @@ def scan(handle: ModelHandle, facts: Sequence[_Fact], settings: KnownSettings,
                     fh.writelines(dumps({"prompt": p, "answer": a}) + "\n"
                                   for p, a in zip(part, answers, strict=True))
             pbar.update(len(part))
-    return {f: done[p] for f, p in zip(facts, prompts, strict=True)}
+    return {f: done[p] for f, p in zip(facts, prompts, strict=True)}, len(todo)
 
 
 def _read_scan(path: Path, header: dict[str, Any]) -> dict[str, str]:
@@ -180,7 +183,7 @@ def build(handle: ModelHandle, sources: Sequence[LoadedDataset], out_dir: Path,
         raise EditbenchError("known-facts: the sources hold no locality prompt or true object to scan")
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    answers = scan(handle, facts, settings, out_dir / "scan.jsonl")
+    answers, asked = scan(handle, facts, settings, out_dir / "scan.jsonl")
     seconds = time.perf_counter() - t0
     known = {f for f in facts if knows(answers[f], f.answer)}
     kept = _requests_with_known_locality(sources, known)
@@ -215,6 +218,7 @@ def build(handle: ModelHandle, sources: Sequence[LoadedDataset], out_dir: Path,
         files[part] = {"file": path.name, "records": len(slices[part]), "sha256": sha256_file(path),
                        "locality_prompts": sum(len(r["locality_prompt"]) for r in slices[part])}
     card = _card(handle, model, sources, facts, known, files, seconds, settings)
+    card["prompts_asked"] = asked  # distinct prompts generated in this build (others cached)
     atomic_write_json(out_dir / "card.json", card)
     atomic_write_text(out_dir / "README.md", _card_text(card))
     return card
@@ -278,8 +282,9 @@ def _next_distant(pool: list[_Fact], used: dict[str, int], part: str, r: EditReq
 
 
 def _record(source: str, r: EditRequest, locality: Sequence[_Fact]) -> dict[str, Any]:
+    label = Path(source).stem if "/" in source or source.endswith(".json") else source
     record: dict[str, Any] = {
-        "case_id": f"{source}:{r.case_id}", "prompt": r.prompt, "subject": r.subject,
+        "case_id": f"{label}:{r.case_id}", "prompt": r.prompt, "subject": r.subject,
         "target_new": r.target_new, "ground_truth": r.target_true or "",
         "rephrase_prompt": list(r.rephrase_prompts),
         "locality_prompt": [f.prompt for f in locality],
@@ -327,7 +332,8 @@ def _card_text(card: dict[str, Any]) -> str:
         for kind, c in kinds.items():
             share = c["known"] / c["scanned"] if c["scanned"] else 0.0
             lines.append(f"| {source} | {kind} | {c['scanned']} | {c['known']} | {share:.3f} |")
-    lines += ["", f"Scan: {card['prompts_scanned']} prompts in {card['scan_seconds']} s "
+    lines += ["", f"Scan: {card['prompts_scanned']} prompts, {card.get('prompts_asked', '?')} "
+              f"distinct ones asked in this build, {card['scan_seconds']} s "
               f"(batch {card['settings']['batch_size']}, {card['settings']['max_new_tokens']} new "
               f"tokens, prompt format {card['settings']['prompt_format']}).", "",
               "| slice | records | locality prompts | sha256 |", "|---|---:|---:|---|"]
