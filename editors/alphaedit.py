@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from editors._locate.stats import (
     stats_cache_root,
     tensor_sha256,
 )
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 log = logging.getLogger(__name__)
 # Share of C's trace inside the null space above which the projection is reported as weak.
@@ -68,7 +71,7 @@ class AlphaEditEditor(MultiLayerEditor):
     config_class = AlphaEditConfig
     config: AlphaEditConfig
 
-    def __init__(self, handle, config: AlphaEditConfig) -> None:
+    def __init__(self, handle: ModelHandle, config: AlphaEditConfig) -> None:
         super().__init__(handle, config)
         self.P: dict[int, torch.Tensor] = {}
         self.C_prev: dict[int, torch.Tensor] = {}

@@ -10,7 +10,7 @@ steps keep earlier edits' outputs: the "MEMIT_seq" of AlphaEdit's repository.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from editbench.api import EditbenchError
 from editbench.registry import register_editor
 from editors._locate.batch import MultiLayerConfig, MultiLayerEditor
 from editors._locate.solve import memit_delta
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 
 @dataclass
@@ -39,7 +42,7 @@ class MemitEditor(MultiLayerEditor):
     config_class = MemitConfig
     config: MemitConfig
 
-    def __init__(self, handle, config: MemitConfig) -> None:
+    def __init__(self, handle: ModelHandle, config: MemitConfig) -> None:
         super().__init__(handle, config)
         self.kkt: dict[int, torch.Tensor] = {}
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from editbench.api import EditRequest, EditStats
 from editbench.registry import register_editor
 from editors._locate.base import LocateEditor, target_info
 from editors._locate.config import LocateConfig
 from editors._locate.solve import apply_delta, rome_delta
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 
 @dataclass
@@ -50,7 +53,7 @@ class RomeEditor(LocateEditor):
     config_class = RomeConfig
     config: RomeConfig
 
-    def __init__(self, handle, config: RomeConfig) -> None:
+    def __init__(self, handle: ModelHandle, config: RomeConfig) -> None:
         self.needs_stats = config.mom2_adjustment
         super().__init__(handle, config)
         self.layer = config.layers[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,6 +13,9 @@ from editors._locate.keys import context_template_groups, read_at
 from editors._locate.solve import weight_out_in
 from editors._locate.stats import resolve_corpus, second_moments, stats_companions
 from editors._locate.targets import describe, optimize_targets, template_items
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 
 class LocateEditor(BaseEditor):
@@ -25,7 +28,7 @@ class LocateEditor(BaseEditor):
     # ROME's released code takes the plain mean; MEMIT / AlphaEdit choose by config.
     key_average: str = "uniform"
 
-    def __init__(self, handle, config: LocateConfig) -> None:
+    def __init__(self, handle: ModelHandle, config: LocateConfig) -> None:
         super().__init__(handle, config)
         n = handle.num_layers
         bad = [layer for layer in config.layers if not 0 <= layer < n]

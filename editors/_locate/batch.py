@@ -29,7 +29,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -40,6 +40,9 @@ from editors._locate.config import LocateConfig
 from editors._locate.keys import Where, locate, read_positions
 from editors._locate.solve import apply_delta
 from editors._locate.targets import Targets, optimize_module_targets, target_text
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 TargetSpace = Literal["auto", "residual", "mlp_output"]
 KeyAverage = Literal["grouped", "uniform"]
@@ -72,12 +75,12 @@ class LayerGoal:
     share: float
 
 
-def has_mlp_post_norm(handle) -> bool:
+def has_mlp_post_norm(handle: ModelHandle) -> bool:
     """Whether the model's blocks normalise the MLP output before the residual add."""
     return "mlp_post_norm" in handle.preset.templates
 
 
-def resolve_target_space(space: str, handle) -> str:
+def resolve_target_space(space: str, handle: ModelHandle) -> str:
     if space != "auto":
         return space
     return "mlp_output" if has_mlp_post_norm(handle) else "residual"
@@ -97,7 +100,7 @@ def nearest_on_ray(wanted: torch.Tensor, now: torch.Tensor, floor: float = 0.25)
 class MultiLayerEditor(LocateEditor):
     config: MultiLayerConfig
 
-    def __init__(self, handle, config: MultiLayerConfig) -> None:
+    def __init__(self, handle: ModelHandle, config: MultiLayerConfig) -> None:
         super().__init__(handle, config)
         self.target_space = resolve_target_space(config.target_space, handle)
         self.key_average = config.key_average

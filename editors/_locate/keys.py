@@ -14,13 +14,16 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from editbench.api import EditbenchError
 from editbench.tokens import pad_batch
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 STARTERS = ("The", "Therefore", "Because", "I", "You")
 Where = Literal["input", "output"]
@@ -143,7 +146,7 @@ def forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
 
 
 def read_at(
-    handle,
+    handle: ModelHandle,
     items: Sequence[Located],
     specs: dict[str, Where],
     batch_size: int = 32,
@@ -156,7 +159,7 @@ def read_at(
 
 @torch.no_grad()
 def read_positions(
-    handle,
+    handle: ModelHandle,
     seqs: Sequence[Sequence[int]],
     positions: Sequence[Sequence[int]],
     specs: dict[str, Where],
@@ -181,7 +184,7 @@ def read_positions(
 
 
 @torch.no_grad()
-def sample_texts(handle, prompts: Sequence[str], length: int, seed: int, top_k: int = 5) -> list[str]:
+def sample_texts(handle: ModelHandle, prompts: Sequence[str], length: int, seed: int, top_k: int = 5) -> list[str]:
     """Seeded top-k samples continuing ``prompts`` (context templates, self-generated corpora).
 
     Uses its own ``torch.Generator``, so it neither reads nor changes the global RNG.
@@ -211,7 +214,7 @@ def sample_texts(handle, prompts: Sequence[str], length: int, seed: int, top_k: 
     return out
 
 
-def context_template_groups(handle, lengths: Sequence[int], per_length: int,
+def context_template_groups(handle: ModelHandle, lengths: Sequence[int], per_length: int,
                             seed: int) -> list[list[str]]:
     """``[["{}"]]`` plus, per length, ``per_length`` seeded model samples each + ``". {}"``.
 
@@ -232,6 +235,6 @@ def context_template_groups(handle, lengths: Sequence[int], per_length: int,
     return groups
 
 
-def context_templates(handle, lengths: Sequence[int], per_length: int, seed: int) -> list[str]:
+def context_templates(handle: ModelHandle, lengths: Sequence[int], per_length: int, seed: int) -> list[str]:
     """The templates of ``context_template_groups`` in one list (the bare prompt first)."""
     return [t for group in context_template_groups(handle, lengths, per_length, seed) for t in group]

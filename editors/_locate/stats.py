@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,9 @@ from editbench.progress import bar
 from editbench.resources import cache_dir
 from editbench.tokens import pad_batch
 from editors._locate.keys import capture, forward
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -63,7 +66,7 @@ class Corpus:
     samples: tuple[str, ...] | None = field(default=None, compare=False)  # read back from the cache
     record: list[str] | None = field(default=None, compare=False)  # collects what a self-generated corpus yields, to cache it
 
-    def texts(self, handle, num_tokens: int, seq_len: int) -> Iterator[str]:
+    def texts(self, handle: ModelHandle, num_tokens: int, seq_len: int) -> Iterator[str]:
         if self.samples is not None:
             yield from self.samples
         elif self.kind == "file":
@@ -149,7 +152,7 @@ def _hf_texts(spec: str) -> Iterator[str]:
 SELF_TEXT_ROWS = 256
 
 
-def _self_texts(handle, num_tokens: int, seq_len: int, seed: int) -> Iterator[str]:
+def _self_texts(handle: ModelHandle, num_tokens: int, seq_len: int, seed: int) -> Iterator[str]:
     """Model samples (top-k 20) from the starter words, ``SELF_TEXT_ROWS`` sequences per
     batched sampling call, until the budget: few large calls keep a CPU busy where many
     small ones (a batch per starter) left it waiting on Python."""
@@ -167,7 +170,7 @@ def _self_texts(handle, num_tokens: int, seq_len: int, seed: int) -> Iterator[st
 
 
 @torch.no_grad()
-def sample_batch(handle, prompts: Sequence[str], length: int, seed: int, top_k: int) -> list[str]:
+def sample_batch(handle: ModelHandle, prompts: Sequence[str], length: int, seed: int, top_k: int) -> list[str]:
     """Seeded top-k samples of ``length`` new tokens continuing ``prompts``, all rows in one
     ``generate`` call (left-padded); the global RNG is left as it was."""
     from editbench.tokens import encode_prompt
@@ -276,7 +279,7 @@ def load_self_texts(path: Path, meta: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(texts)
 
 
-def _batches(handle, corpus: Corpus, num_tokens: int, seq_len: int, batch_size: int):
+def _batches(handle: ModelHandle, corpus: Corpus, num_tokens: int, seq_len: int, batch_size: int):
     """Right-padded batches of token ids, length-sorted within windows to limit padding."""
     tok = handle.tokenizer
     window: list[list[int]] = []
@@ -307,7 +310,7 @@ def _batches(handle, corpus: Corpus, num_tokens: int, seq_len: int, batch_size: 
 
 
 def compute_second_moments(
-    handle,
+    handle: ModelHandle,
     modules: Sequence[str],
     corpus: Corpus,
     num_tokens: int,
@@ -359,7 +362,7 @@ def _flush(partial: dict[str, torch.Tensor], sums64: dict[str, torch.Tensor]) ->
 
 
 def second_moments(
-    handle,
+    handle: ModelHandle,
     modules: Sequence[str],
     corpus: Corpus,
     num_tokens: int,
@@ -418,7 +421,7 @@ def second_moments(
     return out, info
 
 
-def stats_companions(handle, config) -> list[str]:
+def stats_companions(handle: ModelHandle, config) -> list[str]:
     """Every layer's ``mlp_down`` when ``config.stats_layers`` asks for all of them (or
     ``auto`` and they fit in ``stats_all_layers_mb`` together); else none."""
     if config.stats_layers == "edited":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from editbench.tokens import (
 )
 from editors._locate.config import LocateConfig
 from editors._locate.keys import Located, _first_tensor, locate, locate_in_template
+
+if TYPE_CHECKING:
+    from editbench.models import ModelHandle
 
 KL_PROMPT = "{} is a"
 
@@ -115,7 +118,7 @@ class _AddAt:
 
 
 def optimize_targets(
-    handle,
+    handle: ModelHandle,
     requests: Sequence[EditRequest],
     templates: Sequence[str],
     insert_module: str,
@@ -129,7 +132,7 @@ def optimize_targets(
 
 
 def optimize_module_targets(
-    handle,
+    handle: ModelHandle,
     requests: Sequence[EditRequest],
     templates: Sequence[str],
     insert_modules: Sequence[str],
@@ -150,7 +153,7 @@ def optimize_module_targets(
     )
 
 
-def _optimize_batch(handle, requests, templates, insert_modules, cfg: LocateConfig) -> Targets:
+def _optimize_batch(handle: ModelHandle, requests, templates, insert_modules, cfg: LocateConfig) -> Targets:
     tok, model = handle.tokenizer, handle.model
     n, t = len(requests), len(templates)
     items, positions, kl_locs, missing = [], [], [], 0
