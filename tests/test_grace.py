@@ -213,3 +213,33 @@ def test_warm_values_and_a_state_for_another_module_is_refused(tiny_tokenizer):
     state["codebook"] = {**state["codebook"], "keys": torch.zeros(1, 5)}
     with pytest.raises(EditbenchError, match="another module"):
         other.load_state_dict(state)
+
+
+def test_a_run_interrupted_between_steps_resumes_to_the_same_numbers(tiny_run, monkeypatch):
+    """Through the runner: checkpoint after every edit, crash inside the third, resume."""
+    from editbench.runner import RunSpec, run
+
+    tmp, model_dir, data, _ = tiny_run
+    hparams = tmp / "grace.yaml"
+    hparams.write_text("module: mlp_down@2\neps: 0.001\nn_iter: 20\n")
+
+    def spec(out: str, **kw) -> RunSpec:
+        return RunSpec(editor="grace", model=str(model_dir), hparams_file=str(hparams), dataset=str(data),
+                       device="cpu", max_new_tokens=4, protocols=("generation", "teacher_forced"),
+                       output=out, checkpoint_every=1, **kw)
+
+    original, calls = GraceEditor.edit, {"n": 0}
+
+    def crashing(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, requests)
+
+    monkeypatch.setattr(GraceEditor, "edit", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec(str(tmp / "run")))
+    monkeypatch.undo()
+    resumed = run(spec(str(tmp / "run"), resume=True)).load()[1]
+    reference = run(spec(str(tmp / "ref"))).load()[1]
+    assert resumed["resumed"] and resumed["results"] == reference["results"]

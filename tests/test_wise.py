@@ -226,3 +226,36 @@ def test_other_families_and_detach(tiny_tokenizer, irrelevant, family):
     editor.detach()
     with torch.no_grad():
         assert torch.equal(handle.model(input_ids=ids).logits, clean)
+
+
+def test_a_run_interrupted_between_steps_resumes_to_the_same_numbers(tiny_run, irrelevant, monkeypatch):
+    """Through the runner: checkpoint after every edit (a shard saved, then merged), crash
+    inside the fourth edit, resume."""
+    from editbench.runner import RunSpec, run
+
+    tmp, model_dir, data, _ = tiny_run
+    hparams = tmp / "wise.yaml"
+    hparams.write_text(f"modules: [mlp_down@{LAYER}]\nmax_steps: 10\nalpha: 1.0\nbeta: 4.0\ngamma: 2.0\n"
+                       "shard_size: 1\nmerge_every: 2\ncontext_template_lengths: [3]\n"
+                       f"context_templates_per_length: 1\nirrelevant_tokens: 12\n")
+
+    def spec(out: str, **kw) -> RunSpec:
+        return RunSpec(editor="wise", model=str(model_dir), hparams_file=str(hparams), dataset=str(data),
+                       device="cpu", max_new_tokens=4, protocols=("generation", "teacher_forced"),
+                       output=out, checkpoint_every=1, overrides={"irrelevant_corpus": irrelevant}, **kw)
+
+    original, calls = WiseEditor.edit, {"n": 0}
+
+    def crashing(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, requests)
+
+    monkeypatch.setattr(WiseEditor, "edit", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec(str(tmp / "run")))
+    monkeypatch.undo()
+    resumed = run(spec(str(tmp / "run"), resume=True)).load()[1]
+    reference = run(spec(str(tmp / "ref"))).load()[1]
+    assert resumed["resumed"] and resumed["results"] == reference["results"]
