@@ -101,6 +101,18 @@ class FinetuneConfig(EditorConfig):
             raise ValueError("modules: expected at least one module (e.g. 'mlp_down@6')")
 
 
+def encode_requests(handle, requests: Sequence[EditRequest], append_eos: bool) -> Iterator[PromptTarget]:
+    """Each request's prompt and target ids (see ``editbench.tokens``), checked to fit the
+    model's context; a request that does not is named in one line."""
+    for r in requests:
+        try:
+            item = encode_prompt_target(handle.tokenizer, r.prompt, r.target_new, append_eos)
+            check_fits(handle.model, [len(item.ids)])
+        except (ValueError, EditbenchError) as exc:
+            raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
+        yield item
+
+
 def target_loss(model: nn.Module, items: Sequence[PromptTarget], pad_id: int, device) -> torch.Tensor:
     """Mean over samples of the mean target-token NLL (prompt and padding masked)."""
     return batch_loss(model, TargetTable.of(items, pad_id), torch.arange(len(items)), device)
@@ -358,14 +370,7 @@ class FinetuneEditor(BaseEditor):
         """Called after each optimizer step, gradients still in place; ``step`` counts from 1."""
 
     def _encode(self, requests: Sequence[EditRequest]) -> Iterator[PromptTarget]:
-        tok = self.handle.tokenizer
-        for r in requests:
-            try:
-                item = encode_prompt_target(tok, r.prompt, r.target_new, self.config.append_eos)
-                check_fits(self.handle.model, [len(item.ids)])
-            except (ValueError, EditbenchError) as exc:
-                raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
-            yield item
+        return encode_requests(self.handle, requests, self.config.append_eos)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,

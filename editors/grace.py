@@ -45,8 +45,8 @@ from torch import nn
 
 from editbench.api import BaseEditor, EditbenchError, EditorConfig, EditRequest, EditStats
 from editbench.registry import register_editor
-from editbench.tokens import PromptTarget, TargetTable, check_fits, encode_prompt_target
-from editors._finetune import batch_loss, prefix_cache
+from editbench.tokens import PromptTarget, TargetTable
+from editors._finetune import batch_loss, encode_requests, prefix_cache
 from editors._locate.keys import read_positions
 
 Expand = Literal["coverage", "moving_average"]
@@ -256,15 +256,6 @@ class GraceEditor(BaseEditor):
 
     # -- editing --------------------------------------------------------------------------
 
-    def _encode(self, request: EditRequest) -> PromptTarget:
-        tok = self.handle.tokenizer
-        try:
-            item = encode_prompt_target(tok, request.prompt, request.target_new, self.config.append_eos)
-            check_fits(self.handle.model, [len(item.ids)])
-        except (ValueError, EditbenchError) as exc:
-            raise EditbenchError(f"request {request.case_id!r}: {exc}") from None
-        return item
-
     def key(self, prompt_ids: Sequence[int]) -> torch.Tensor:
         """The module's input at the prompt's last token: ``[d_in]`` float32."""
         got = read_positions(self.handle, [list(prompt_ids)], [[len(prompt_ids) - 1]],
@@ -284,7 +275,7 @@ class GraceEditor(BaseEditor):
         actions: dict[str, int] = {}
         losses, steps = [], 0
         for r in requests:
-            item = self._encode(r)
+            (item,) = encode_requests(self.handle, [r], self.config.append_eos)
             key = self.key(item.prompt_ids)
             index, action = self.book.update(key, self._initial_value(key), r.target_new.strip(),
                                              self.config.eps, self.config.eps_expand)

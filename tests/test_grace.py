@@ -17,14 +17,14 @@ import io
 import pytest
 import torch
 
-from conftest import FACTS, make_tiny
+from conftest import FACTS, generate_like_one_forward, make_tiny
 from editbench.api import EditRequest
 from editbench.config import build_config
 from editbench.errors import EditbenchError
 from editbench.evaluate.generation import generate, generate_answers
 from editbench.evaluate.teacher_forced import argmax_at_targets
 from editbench.registry import EDITORS
-from editbench.tokens import encode_prompt, encode_prompt_target, pad_batch
+from editbench.tokens import encode_prompt_target
 from editors.grace import Codebook, GraceConfig, GraceEditor
 
 REQUESTS = [EditRequest(case_id=str(f["case_id"]), prompt=f["prompt"], subject=f["subject"],
@@ -118,18 +118,10 @@ def test_cached_generation_and_teacher_forcing_agree(tiny_llama):
     batches) makes the decisions of one uncached forward over prompt + generated tokens."""
     editor = GraceEditor(tiny_llama, _config())
     editor.edit(REQUESTS)
-    tok = tiny_llama.tokenizer
-    prompts = [r.prompt for r in REQUESTS] + UNRELATED
-    generated = generate(tiny_llama, prompts, 6, batch_size=4)
-    seqs = [encode_prompt(tok, p) + ids for p, (_, ids) in zip(prompts, generated, strict=True)]
-    ids, mask = pad_batch(seqs, tok.pad_token_id)
-    with torch.no_grad():
-        logits = tiny_llama.model(input_ids=ids, attention_mask=mask).logits
-    for row, (p, (_, new)) in enumerate(zip(prompts, generated, strict=True)):
-        start = len(encode_prompt(tok, p))
-        assert logits[row, start - 1 : start - 1 + len(new)].argmax(-1).tolist() == new, p
-    for r, (_, new) in zip(REQUESTS, generated[: len(REQUESTS)], strict=True):
-        assert new[0] == encode_prompt_target(tok, r.prompt, r.target_new).target_ids[0], r.prompt
+    generated = generate_like_one_forward(tiny_llama, [r.prompt for r in REQUESTS] + UNRELATED, 6, 4)
+    for r, new in zip(REQUESTS, generated[: len(REQUESTS)], strict=True):
+        first = encode_prompt_target(tiny_llama.tokenizer, r.prompt, r.target_new).target_ids[0]
+        assert new[0] == first, r.prompt
 
 
 def _unit(*xs: float) -> torch.Tensor:
@@ -214,32 +206,3 @@ def test_warm_values_and_a_state_for_another_module_is_refused(tiny_tokenizer):
     with pytest.raises(EditbenchError, match="another module"):
         other.load_state_dict(state)
 
-
-def test_a_run_interrupted_between_steps_resumes_to_the_same_numbers(tiny_run, monkeypatch):
-    """Through the runner: checkpoint after every edit, crash inside the third, resume."""
-    from editbench.runner import RunSpec, run
-
-    tmp, model_dir, data, _ = tiny_run
-    hparams = tmp / "grace.yaml"
-    hparams.write_text("module: mlp_down@2\neps: 0.001\nn_iter: 20\n")
-
-    def spec(out: str, **kw) -> RunSpec:
-        return RunSpec(editor="grace", model=str(model_dir), hparams_file=str(hparams), dataset=str(data),
-                       device="cpu", max_new_tokens=4, protocols=("generation", "teacher_forced"),
-                       output=out, checkpoint_every=1, **kw)
-
-    original, calls = GraceEditor.edit, {"n": 0}
-
-    def crashing(self, requests):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, requests)
-
-    monkeypatch.setattr(GraceEditor, "edit", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec(str(tmp / "run")))
-    monkeypatch.undo()
-    resumed = run(spec(str(tmp / "run"), resume=True)).load()[1]
-    reference = run(spec(str(tmp / "ref"))).load()[1]
-    assert resumed["resumed"] and resumed["results"] == reference["results"]

@@ -15,7 +15,7 @@ import io
 import pytest
 import torch
 
-from conftest import CORPUS, make_tiny
+from conftest import CORPUS, generate_like_one_forward, make_tiny
 from editbench.api import EditRequest
 from editbench.config import build_config
 from editbench.errors import EditbenchError
@@ -122,23 +122,11 @@ def test_router_sends_edits_to_the_side_memory_at_the_rate_the_threshold_implies
 def test_cached_generation_routes_like_teacher_forcing(tiny_tokenizer, irrelevant):
     """Greedy decoding with a KV cache (left-padded batch) continues each row's running
     score, so every generated token equals the argmax of one uncached forward."""
-    from editbench.evaluate.generation import generate
-    from editbench.tokens import encode_prompt, pad_batch
-
     handle = _handle(tiny_tokenizer)
     editor = WiseEditor(handle, _config(irrelevant))
     editor.edit(REQUESTS)
     prompts = [r.prompt for r in REQUESTS] + UNRELATED
-    generated = generate(handle, prompts, 6, batch_size=8)
-    tok = tiny_tokenizer
-    seqs = [encode_prompt(tok, p) + ids for p, (_, ids) in zip(prompts, generated, strict=True)]
-    ids, mask = pad_batch(seqs, tok.pad_token_id)
-    with torch.no_grad():
-        logits = handle.model(input_ids=ids, attention_mask=mask).logits
-    for row, (p, (_, new)) in enumerate(zip(prompts, generated, strict=True)):
-        start = len(encode_prompt(tok, p))
-        predicted = logits[row, start - 1 : start - 1 + len(new)].argmax(-1).tolist()
-        assert predicted == new, p
+    generate_like_one_forward(handle, prompts, 6, 8)
     # Some rows read the side memory and some not: the comparison covers both routes.
     routes = editor.routes(prompts)[0]
     assert "side" in routes
@@ -227,35 +215,3 @@ def test_other_families_and_detach(tiny_tokenizer, irrelevant, family):
     with torch.no_grad():
         assert torch.equal(handle.model(input_ids=ids).logits, clean)
 
-
-def test_a_run_interrupted_between_steps_resumes_to_the_same_numbers(tiny_run, irrelevant, monkeypatch):
-    """Through the runner: checkpoint after every edit (a shard saved, then merged), crash
-    inside the fourth edit, resume."""
-    from editbench.runner import RunSpec, run
-
-    tmp, model_dir, data, _ = tiny_run
-    hparams = tmp / "wise.yaml"
-    hparams.write_text(f"modules: [mlp_down@{LAYER}]\nmax_steps: 10\nalpha: 1.0\nbeta: 4.0\ngamma: 2.0\n"
-                       "shard_size: 1\nmerge_every: 2\ncontext_template_lengths: [3]\n"
-                       f"context_templates_per_length: 1\nirrelevant_tokens: 12\n")
-
-    def spec(out: str, **kw) -> RunSpec:
-        return RunSpec(editor="wise", model=str(model_dir), hparams_file=str(hparams), dataset=str(data),
-                       device="cpu", max_new_tokens=4, protocols=("generation", "teacher_forced"),
-                       output=out, checkpoint_every=1, overrides={"irrelevant_corpus": irrelevant}, **kw)
-
-    original, calls = WiseEditor.edit, {"n": 0}
-
-    def crashing(self, requests):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, requests)
-
-    monkeypatch.setattr(WiseEditor, "edit", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec(str(tmp / "run")))
-    monkeypatch.undo()
-    resumed = run(spec(str(tmp / "run"), resume=True)).load()[1]
-    reference = run(spec(str(tmp / "ref"))).load()[1]
-    assert resumed["resumed"] and resumed["results"] == reference["results"]
