@@ -63,7 +63,7 @@ class FinetuneConfig(EditorConfig):
     modules: list[str] = field(default_factory=lambda: ["mlp_down@6"])
     lr: float = 5e-4
     weight_decay: float = 0.0
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     batch_size: int = 100
     epochs: int = 25
     max_steps: int = 25
@@ -99,6 +99,18 @@ class FinetuneConfig(EditorConfig):
         """What gets trained; the LoRA editor names its targets with other keys."""
         if not self.modules:
             raise ValueError("modules: expected at least one module (e.g. 'mlp_down@6')")
+
+
+def encode_requests(handle, requests: Sequence[EditRequest], append_eos: bool) -> Iterator[PromptTarget]:
+    """Each request's prompt and target ids (see ``editbench.tokens``), checked to fit the
+    model's context; a request that does not is named in one line."""
+    for r in requests:
+        try:
+            item = encode_prompt_target(handle.tokenizer, r.prompt, r.target_new, append_eos)
+            check_fits(handle.model, [len(item.ids)])
+        except (ValueError, EditbenchError) as exc:
+            raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
+        yield item
 
 
 def target_loss(model: nn.Module, items: Sequence[PromptTarget], pad_id: int, device) -> torch.Tensor:
@@ -253,6 +265,26 @@ class PrefixCache:
                     layer.__dict__["forward"] = forward
 
 
+def prefix_cache(handle, model: nn.Module, anchor: Sequence[nn.Parameter], table: TargetTable,
+                 chunk: int, max_mb: float, notes: set[str], who: str) -> tuple[PrefixCache | None, str]:
+    """The frozen-prefix cache below the first layer holding an ``anchor`` tensor, and a note
+    for a step's info; None (train uncached) when nothing lies below that layer, when it
+    would exceed ``max_mb``, or when the model's forward is one the pass-throughs cannot
+    follow. ``notes``: reasons already logged (once per reason, not once per step)."""
+    layers_name = handle.preset.templates["layers"]
+    first = first_trained_layer(model, layers_name, anchor)
+    cache: PrefixCache | str = first if isinstance(first, str) else PrefixCache.build(
+        model, layers_name, first, table, chunk, handle.input_device, max_mb)
+    if isinstance(cache, str):
+        if cache not in notes:
+            notes.add(cache)
+            # Nothing to cache is normal; a cache that could not be used costs speed.
+            level = logging.INFO if isinstance(first, str) else logging.WARNING
+            log.log(level, "%s: training without the prefix cache: %s", who, cache)
+        return None, f"off: {cache}"
+    return cache, f"layer {cache.first}, {cache.megabytes:.1f} MB on {cache.flat.device.type}"
+
+
 def _returning(hidden: torch.Tensor) -> Callable[..., torch.Tensor]:
     def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
         return hidden
@@ -326,24 +358,23 @@ class FinetuneEditor(BaseEditor):
         return list(self.params.values())
 
     def regularizer(self) -> torch.Tensor | None:
-        """An extra term added to the loss that is back-propagated (not to the thresholds)."""
+        """An extra term added to the loss that is back-propagated (and compared with the
+        thresholds where ``regularizer_in_threshold``)."""
         return None
+
+    # True: a step is taken (and a batch counts as trained) until the target loss plus the
+    # regularizer is below loss_threshold; WISE's routing margins are part of what it trains.
+    regularizer_in_threshold: bool = False
 
     def after_step(self, step: int) -> None:
         """Called after each optimizer step, gradients still in place; ``step`` counts from 1."""
 
     def _encode(self, requests: Sequence[EditRequest]) -> Iterator[PromptTarget]:
-        tok = self.handle.tokenizer
-        for r in requests:
-            try:
-                item = encode_prompt_target(tok, r.prompt, r.target_new, self.config.append_eos)
-                check_fits(self.handle.model, [len(item.ids)])
-            except (ValueError, EditbenchError) as exc:
-                raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
-            yield item
+        return encode_requests(self.handle, requests, self.config.append_eos)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+               "sgd": torch.optim.SGD}[self.config.optimizer]
         return cls(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def edit(self, requests: Sequence[EditRequest]) -> EditStats:
@@ -398,38 +429,32 @@ class FinetuneEditor(BaseEditor):
 
     def _prefix_cache(self, model: nn.Module, params: list[nn.Parameter],
                       table: TargetTable) -> tuple[PrefixCache | None, str]:
-        """The step's frozen-prefix cache and a note for the step's info; None (trained
-        uncached) when off, when nothing lies below the first trained layer, when it would
-        exceed ``prefix_cache_max_mb``, or when the model's forward is one the
-        pass-throughs cannot follow."""
+        """The step's frozen-prefix cache and a note for the step's info (see
+        :func:`prefix_cache`)."""
         cfg = self.config
         if not cfg.prefix_cache:
             return None, "off"
-        layers_name = self.handle.preset.templates["layers"]
-        first = first_trained_layer(model, layers_name, params)
-        cache: PrefixCache | str = first if isinstance(first, str) else PrefixCache.build(
-            model, layers_name, first, table, cfg.batch_size, self.handle.input_device,
-            cfg.prefix_cache_max_mb)
-        if isinstance(cache, str):
-            if cache not in self._cache_notes:  # logged once per reason, not once per step
-                self._cache_notes.add(cache)
-                # Nothing to cache is normal; a cache that could not be used costs speed.
-                level = logging.INFO if isinstance(first, str) else logging.WARNING
-                log.log(level, "%s: training without the prefix cache: %s", self.name, cache)
-            return None, f"off: {cache}"
-        return cache, f"layer {cache.first}, {cache.megabytes:.1f} MB on {cache.flat.device.type}"
+        return prefix_cache(self.handle, model, self.cache_anchor(params), table, cfg.batch_size,
+                            cfg.prefix_cache_max_mb, self._cache_notes, self.name)
+
+    def cache_anchor(self, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        """Tensors whose layer the trained ones act in: the trained ones themselves, or for a
+        side structure kept outside the model, the parameters of the module it wraps."""
+        return params
 
     def _step(self, model: nn.Module, data: StepData, index: torch.Tensor,
               params: list[nn.Parameter], opt: torch.optim.Optimizer, where: str) -> float:
         loss = data.loss(model, index)
-        value = loss.item()
+        extra = self.regularizer() if self.regularizer_in_threshold else None
+        value = loss.item() + (0.0 if extra is None else extra.item())
         if not math.isfinite(value):
             raise EditbenchError(
                 f"{self.name}: non-finite loss ({value}) at {where}; lower lr (now {self.config.lr})"
             )
         if value >= self.config.loss_threshold:
             opt.zero_grad(set_to_none=True)
-            extra = self.regularizer()
+            if extra is None:
+                extra = self.regularizer()
             (loss if extra is None else loss + extra).backward()
             opt.step()
             self.steps_taken += 1

@@ -238,6 +238,25 @@ def tiny_run(tmp_path, tiny_tokenizer):
     return tmp_path, model_dir, data, hparams
 
 
+def generate_like_one_forward(handle, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Greedy-decode ``prompts`` with a KV cache (left-padded batches), check that every
+    generated token is the argmax of one uncached forward over prompt + generated tokens,
+    and return the generated ids. Why: an edit that acts through hooks must make the same
+    decisions when the evaluator decodes step by step as when it teacher-forces."""
+    from editbench.evaluate.generation import generate
+    from editbench.tokens import encode_prompt, pad_batch
+
+    tok = handle.tokenizer
+    generated = [ids for _, ids in generate(handle, prompts, max_new_tokens, batch_size=batch_size)]
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
+    ids, mask = pad_batch([p + g for p, g in zip(prompt_ids, generated, strict=True)], tok.pad_token_id)
+    with torch.no_grad():
+        logits = handle.model(input_ids=ids, attention_mask=mask).logits
+    for row, (p, new) in enumerate(zip(prompt_ids, generated, strict=True)):
+        assert logits[row, len(p) - 1 : len(p) - 1 + len(new)].argmax(-1).tolist() == new, prompts[row]
+    return generated
+
+
 # Four of them for the tiny-model CLI and sweep tests.
 RECORDS = FACTS[:4]
 

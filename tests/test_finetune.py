@@ -165,6 +165,28 @@ def test_skip_and_early_stop_thresholds(tiny_llama):
     assert all(torch.equal(before[k], v) for k, v in _snapshot(tiny_llama.model).items())
 
 
+class _Margin(FinetuneEditor):
+    """A regularizer that stays above the threshold: with ``regularizer_in_threshold`` the
+    batch keeps training although its target loss alone is below the threshold."""
+
+    def regularizer(self) -> torch.Tensor:
+        return self.trainable()[0].sum() * 0 + 1.0
+
+
+def test_regularizer_counts_towards_the_threshold_when_asked(tiny_llama):
+    # The tiny model's target NLL is about ln(vocab) ~ 6: a threshold of 6.5 skips every
+    # step on it alone, not once the regularizer's +1 counts too.
+    config = FinetuneConfig(pipeline="depth_first", modules=["mlp_down@1"], optimizer="sgd",
+                            lr=1e-4, batch_size=4, max_steps=3, loss_threshold=6.5)
+    before = _snapshot(tiny_llama.model)
+    assert _Margin(tiny_llama, config).edit(REQUESTS).info["optimizer_steps"] == 0
+    assert all(torch.equal(before[k], v) for k, v in _snapshot(tiny_llama.model).items())
+    counting = type("Counting", (_Margin,), {"regularizer_in_threshold": True})
+    stats = counting(tiny_llama, config).edit(REQUESTS)
+    assert stats.info["optimizer_steps"] == 3 and stats.info["mean_final_loss"] > 6.5
+    assert not all(torch.equal(before[k], v) for k, v in _snapshot(tiny_llama.model).items())
+
+
 def test_nan_loss_is_a_clear_error(tiny_llama):
     tiny_llama.get_module("mlp_down", 1).weight.data.fill_(float("nan"))
     editor = FTMEditor(tiny_llama, FTMConfig(modules=["mlp_down@1"]))

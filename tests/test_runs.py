@@ -441,6 +441,9 @@ def test_every_editor_state_loads_without_unpickling_code(tiny_tokenizer, tmp_pa
         "rome": {"layers": [1], "v_num_grad_steps": 2, "stats_tokens": 200, "stats_seq_len": 16},
         "memit": {"layers": [1, 2], "v_num_grad_steps": 2, "stats_tokens": 200, "stats_seq_len": 16},
         "alphaedit": {"layers": [1, 2], "v_num_grad_steps": 2, "stats_tokens": 200, "stats_seq_len": 16},
+        "grace": {"module": "mlp_down@2", "n_iter": 2},
+        "wise": {"modules": ["mlp_down@2"], "max_steps": 2, "context_templates_per_length": 0,
+                 "irrelevant_pool": 4, "irrelevant_tokens": 8, "shard_size": 1, "merge_every": 2},
     }
     for name, extra in overrides.items():
         cls = EDITORS.get(name)
