@@ -118,6 +118,18 @@ def batch_loss(model: nn.Module, table: TargetTable, index: torch.Tensor, device
     return per_sample_mean(nll, batch.sample_index, len(index)).mean()
 
 
+def encode_requests(handle, requests: Sequence[EditRequest], append_eos: bool) -> Iterator[PromptTarget]:
+    """Each request's prompt and target tokens (lazily), checked to fit the model's context;
+    a request that does not tokenize or fit fails naming its case id."""
+    for r in requests:
+        try:
+            item = encode_prompt_target(handle.tokenizer, r.prompt, r.target_new, append_eos)
+            check_fits(handle.model, [len(item.ids)])
+        except (ValueError, EditbenchError) as exc:
+            raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
+        yield item
+
+
 def chunks(seq: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
@@ -333,14 +345,7 @@ class FinetuneEditor(BaseEditor):
         """Called after each optimizer step, gradients still in place; ``step`` counts from 1."""
 
     def _encode(self, requests: Sequence[EditRequest]) -> Iterator[PromptTarget]:
-        tok = self.handle.tokenizer
-        for r in requests:
-            try:
-                item = encode_prompt_target(tok, r.prompt, r.target_new, self.config.append_eos)
-                check_fits(self.handle.model, [len(item.ids)])
-            except (ValueError, EditbenchError) as exc:
-                raise EditbenchError(f"request {r.case_id!r}: {exc}") from None
-            yield item
+        return encode_requests(self.handle, requests, self.config.append_eos)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
