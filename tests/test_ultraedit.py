@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import editors.ultraedit as ultraedit_module
-from conftest import FACTS, make_tiny
+from conftest import FACTS, Interrupted, interrupt_edit, make_tiny
 from editbench.api import EditbenchError, EditRequest
 from editbench.config import build_config
 from editbench.registry import EDITORS
@@ -269,3 +269,27 @@ def test_registered_with_its_tuning_location():
     assert cfg.tuning_location(20, "mlp_up") == {"modules": ["mlp_up@19", "mlp_up@20"]}
     assert cfg.tuning_location(0, "mlp_down") == {"modules": ["mlp_down@0"]}
     assert UltraEditConfig.tune_lr_key == "lr"
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_results(tiny_run, monkeypatch):
+    """Through the runner: killed in its third turn (a checkpoint after each), resumed, the
+    final results equal an uninterrupted run's; config.json records every option."""
+    from editbench.runner import RunSpec, run
+
+    tmp, model_dir, data, _ = tiny_run
+    hparams = tmp / "ultraedit.yaml"
+    hparams.write_text("modules: [mlp_down@1, mlp_down@2]\nlr: 0.05\nbatch_size: 1\n")
+    common = dict(editor="ultraedit", model=str(model_dir), hparams_file=str(hparams), dataset=str(data),
+                  device="cpu", edits_per_step=2, max_new_tokens=4, protocols=("teacher_forced",))
+    config, reference = run(RunSpec(**common, output=str(tmp / "ref"))).load()
+    assert {"variance_update": "released", "solve_dtype": "float32", "ridge_lambda": 1.0,
+            "key_positions": "answer", "append_eos": False}.items() <= config["hparams"].items()
+
+    interrupt_edit(monkeypatch, UltraEditEditor, 3)
+    out = tmp / "resumed"
+    with pytest.raises(Interrupted):
+        run(RunSpec(**common, output=str(out), checkpoint_every=2))
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["editor_state"]["turns"] == 2
+    monkeypatch.undo()
+    resumed = run(RunSpec(**common, output=str(out), resume=True)).load()[1]
+    assert resumed["resumed"] and resumed["results"] == reference["results"]
