@@ -257,6 +257,24 @@ def generate_like_one_forward(handle, prompts: list[str], max_new_tokens: int, b
     return generated
 
 
+class Interrupted(Exception):
+    """A crash inside an edit step (raised by :func:`interrupt_edit`)."""
+
+
+def interrupt_edit(monkeypatch, editor_cls, at_call: int) -> None:
+    """Make the ``at_call``-th ``editor_cls.edit()`` raise :class:`Interrupted`."""
+    calls = {"n": 0}
+    original = editor_cls.edit
+
+    def edit(self, requests):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise Interrupted
+        return original(self, requests)
+
+    monkeypatch.setattr(editor_cls, "edit", edit)
+
+
 # Four of them for the tiny-model CLI and sweep tests.
 RECORDS = FACTS[:4]
 

@@ -67,7 +67,7 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert '"modules"' in proc.stdout and proc.stdout.strip().endswith("10 81\n53")
+    assert '"modules"' in proc.stdout and proc.stdout.strip().endswith("11 90\n53")
 
 
 def test_installed_wheel_finds_capability_suites(wheel, tmp_path):

@@ -17,15 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import Interrupted as Interrupt
+from conftest import interrupt_edit as interrupt_editor
 from editbench.cli import main
 from editbench.errors import EditbenchError
 from editbench.run import RunSpec, run
 from editbench.run.rundir import RunDir
 from editors.locft_bf import LocFTBFEditor
-
-
-class Interrupt(Exception):
-    pass
 
 
 def spec(tiny_run, **kw) -> RunSpec:
@@ -38,16 +36,7 @@ def spec(tiny_run, **kw) -> RunSpec:
 
 def interrupt_edit(monkeypatch, at_call: int) -> None:
     """Make the ``at_call``-th ``edit()`` raise (a crash inside a step)."""
-    calls = {"n": 0}
-    original = LocFTBFEditor.edit
-
-    def edit(self, requests):
-        calls["n"] += 1
-        if calls["n"] == at_call:
-            raise Interrupt
-        return original(self, requests)
-
-    monkeypatch.setattr(LocFTBFEditor, "edit", edit)
+    interrupt_editor(monkeypatch, LocFTBFEditor, at_call)
 
 
 def cli(*args: str) -> tuple[int, str]:

@@ -114,9 +114,9 @@ def test_shipped_grids_load_by_name_and_expand(capsys):
 
     paper = load_grid("paper-table3")
     specs = [RunSpec(**c.values) for c in paper.cells]
-    assert len(specs) == 3 * 3 * 9
+    assert len(specs) == 3 * 3 * 10
     assert {s.editor for s in specs} == {"ft_m", "locft_bf", "lora", "rome", "memit", "alphaedit",
-                                         "emmet", "grace", "wise"}
+                                         "emmet", "ultraedit", "grace", "wise"}
     assert {s.model for s in specs} == {"llama3-8b", "qwen2.5-7b", "mistral-7b"}
     assert {s.dataset for s in specs} == {"zsre-3k", "counterfact-3k", "wikibigedit-3k"}
     assert {(s.num_edits, s.protocols, s.capability) for s in specs} == {(3000, ("generation",), "paper")}
@@ -126,7 +126,7 @@ def test_shipped_grids_load_by_name_and_expand(capsys):
     assert main(["list", "grids"]) == 0
     assert {"smoke", "paper-table3"} <= {line.split()[0] for line in capsys.readouterr().out.splitlines()}
     assert main(["sweep", "paper-table3", "--dry-run"]) == 0
-    assert "81 cells" in capsys.readouterr().out
+    assert "90 cells" in capsys.readouterr().out
 
 
 class _Crash(Exception):

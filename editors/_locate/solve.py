@@ -110,3 +110,24 @@ def alphaedit_delta(
     A = P64 @ (K64 @ K64.T + C_prev.to(dev, F64))
     A += l2 * torch.eye(A.shape[0], dtype=F64, device=dev)
     return torch.linalg.solve(A, P64 @ K64 @ R64.T).T
+
+
+def ridge_delta(K: torch.Tensor, R: torch.Tensor, lam: float, dtype: torch.dtype = F64) -> torch.Tensor:
+    """Delta = R K^T (K K^T + lam I)^-1 = R (K^T K + lam I)^-1 K^T: the minimiser of
+    ||Delta K - R||^2 + lam ||Delta||^2, with no statistics and no earlier keys (UltraEdit).
+
+    Both forms are the same matrix; the one whose system is smaller is solved (n keys
+    against the key width), so a turn of a few hundred keys at a 14336-wide module solves
+    an n x n system. ``dtype``: the precision of the solve (the module's other solves use
+    float64; UltraEdit's released code solves in float32).
+    """
+    dev = K.device
+    K_, R_ = K.to(dev, dtype), R.to(dev, dtype)
+    width, n = K_.shape
+    if n < width:
+        A = K_.T @ K_
+        A += lam * torch.eye(n, dtype=dtype, device=dev)
+        return torch.linalg.solve(A, R_.T).T @ K_.T  # A symmetric: R A^-1 = (A^-1 R^T)^T
+    A = K_ @ K_.T
+    A += lam * torch.eye(width, dtype=dtype, device=dev)
+    return torch.linalg.solve(A, K_ @ R_.T).T
