@@ -133,6 +133,7 @@ def batch_loss(model: nn.Module, table: TargetTable, index: torch.Tensor, device
 # to a few 1e-3 under bfloat16; a forward that let packed sequences see each other, or
 # ignored their positions, is off by far more.
 PACKING_RTOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 5e-2}
+PACKING_CHECK_REQUESTS = 4
 
 
 def packing_mismatch(model: nn.Module, table: TargetTable, index: torch.Tensor, device) -> str | None:
@@ -461,7 +462,9 @@ class FinetuneEditor(BaseEditor):
                 # would train on other random draws than padded ones (LoRA's lora_dropout).
                 self._packing_verdict = "dropout is active (its random masks follow the batch layout)"
                 return False, f"off: {self._packing_verdict}"
-            index = torch.arange(min(len(table), cfg.batch_size))
+            # Four requests show whether packed sequences see each other; a whole batch
+            # would cost two full forwards of it (a second on smollm2's CPU runs).
+            index = torch.arange(min(len(table), cfg.batch_size, PACKING_CHECK_REQUESTS))
             self._packing_verdict = packing_mismatch(model, table, index, self.handle.input_device) or ""
             if self._packing_verdict:
                 log.warning("%s: training with padded batches: %s", self.name, self._packing_verdict)
