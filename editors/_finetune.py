@@ -132,23 +132,24 @@ def batch_loss(model: nn.Module, table: TargetTable, index: torch.Tensor, device
 # padded batch's losses": float rounding of other matrix shapes is ~1e-6 in float32 and up
 # to a few 1e-3 under bfloat16; a forward that let packed sequences see each other, or
 # ignored their positions, is off by far more.
-PACKING_RTOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 5e-2}
+PACKING_RTOL = {"float32": 1e-3, "low_precision": 5e-2}
 PACKING_CHECK_REQUESTS = 4
 
 
-def packing_mismatch(model: nn.Module, table: TargetTable, index: torch.Tensor, device) -> str | None:
+def packing_mismatch(model: nn.Module, table: TargetTable, index: torch.Tensor, device,
+                     autocast: bool = False) -> str | None:
     """None when the model computes the same losses for ``index`` packed as padded; else why not.
 
     Why: packing relies on the forward reading sequence boundaries from restarting position
     ids (transformers' mask functions do, for the families in presets/families.yaml); a
     custom model's forward may not, and would then silently train on leaked context.
+    ``autocast``: the forward runs under bfloat16 autocast (as is a half-precision model's).
     """
     with torch.no_grad():
         padded = sample_losses(model, table, index, device)
         packed = sample_losses(model, table, index, device, packed=True)
-    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else next(
-        model.parameters()).dtype
-    rtol = PACKING_RTOL.get(dtype, 1e-3)
+    low = autocast or next(model.parameters()).dtype != torch.float32
+    rtol = PACKING_RTOL["low_precision" if low else "float32"]
     worst = float(((packed - padded).abs() / padded.abs().clamp_min(1.0)).max())
     if not worst <= rtol:
         return (f"packed losses differ from padded ones by up to {worst:.3g} (relative, allowed "
@@ -425,7 +426,7 @@ class FinetuneEditor(BaseEditor):
         data = StepData(table, device)
         try:
             with autocast:
-                data.packed, packing = self._packing(model, table)
+                data.packed, packing = self._packing(model, table, on_gpu and cfg.bf16_autocast)
                 if cfg.pipeline == "depth_first":
                     info = self._depth_first(model, data, params, requests, dtypes, resume)
                 else:
@@ -445,7 +446,7 @@ class FinetuneEditor(BaseEditor):
                     p.data = p.data.to(dt)
         return EditStats(num_requests=len(requests), info=info)
 
-    def _packing(self, model: nn.Module, table: TargetTable) -> tuple[bool, str]:
+    def _packing(self, model: nn.Module, table: TargetTable, autocast: bool) -> tuple[bool, str]:
         """Whether this step's batches are packed, and a note for the step's info. The first
         step of two or more requests checks once that the model's packed losses equal its
         padded ones (:func:`packing_mismatch`); where they do not, batches stay padded."""
@@ -465,7 +466,8 @@ class FinetuneEditor(BaseEditor):
             # Four requests show whether packed sequences see each other; a whole batch
             # would cost two full forwards of it (a second on smollm2's CPU runs).
             index = torch.arange(min(len(table), cfg.batch_size, PACKING_CHECK_REQUESTS))
-            self._packing_verdict = packing_mismatch(model, table, index, self.handle.input_device) or ""
+            self._packing_verdict = packing_mismatch(
+                model, table, index, self.handle.input_device, autocast) or ""
             if self._packing_verdict:
                 log.warning("%s: training with padded batches: %s", self.name, self._packing_verdict)
         return (False, f"off: {self._packing_verdict}") if self._packing_verdict else (True, "on")
