@@ -138,6 +138,29 @@ def matmul_tflops(device: str, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 * reps / seconds / 1e12
 
 
+def eigh_seconds(device: str, n: int) -> float:
+    """Seconds of one float64 symmetric eigendecomposition of size ``n`` (AlphaEdit's
+    projector costs one per edited layer, at the MLP's width: extrapolated as n^3)."""
+    a = torch.randn(n, n, device=device, dtype=torch.float64)
+    a = a @ a.T
+    torch.linalg.eigh(a)
+    t0 = now(device)
+    torch.linalg.eigh(a)
+    return now(device) - t0
+
+
+def disk_gb_per_s(folder: Path) -> float:
+    """Hashing and writing a float32 matrix the way the statistics cache does (GB/s)."""
+    from editors._locate.stats import save_cached
+
+    t = torch.randn(2048, 8192)  # 64 MiB
+    t0 = time.perf_counter()
+    save_cached(folder / "probe.pt", {"probe": 1}, t, {})
+    seconds = time.perf_counter() - t0
+    (folder / "probe.pt").unlink()
+    return t.numel() * 4 / 1e9 / seconds
+
+
 # -- tokenizer, requests, random text ----------------------------------------------------------
 
 
@@ -501,16 +524,17 @@ class Context:
 
 
 def estimates(ctx: Context, params: int, arch: dict[str, Any]) -> dict[str, float]:
-    """Seconds each section of a model needs at least, from the measured matrix-product
-    throughput at a pessimistic 20% of it (10% for the float64 eigendecompositions), plus
-    the fixed costs FLOPs miss (writing the statistics, one per edited layer, to disk)."""
+    """Seconds each section of a model needs at least, from measurements at the start: the
+    matrix-product throughput (at a pessimistic 20% of it), one float64 eigendecomposition
+    (extrapolated as n^3, one per edited layer) and the statistics cache's write speed (the
+    matrices are moved, hashed and written: three passes)."""
     rate = ctx.tflops["compute"] * 1e12 * 0.2
     tokens = 12 * min(ctx.args.requests, len(ctx.requests))
     epoch = 6 * params * tokens / rate  # forward and backward through the whole model
     n, layers = int(arch["intermediate_size"]), 5
-    disk = layers * n * n * 4 * 3 / 1e9  # ~0.3 GB/s to hash and write the float32 matrices
+    disk = 3 * layers * n * n * 4 / 1e9 / ctx.tflops["disk_gb_per_s"]
     targets = 25 * 6 * params * ctx.args.locate_requests * 6 * 20 / rate
-    eigh = layers * 10 * n**3 / (ctx.tflops["float64"] * 1e12 * 0.1)
+    eigh = layers * ctx.tflops["eigh_s"] * (n / ctx.tflops["eigh_n"]) ** 3
     return {"build": 3 + params / 2e9, "locft": 2 * 3 * epoch + 5, "eval": 15,
             "memit": 10 + disk + targets, "alphaedit": 10 + 2 * disk + targets + eigh}
 
@@ -538,14 +562,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     requests = generate(max(args.requests, args.eval_requests + 256, 2000))
     tokenizer = train_tokenizer(requests[:2000])
     corpus = random_text(work / "random.txt", requests[:2000], words=3000 if not args.quick else 600)
+    eigh_n = 4096 if on_gpu else 256
     tflops = {"compute": matmul_tflops(device, DTYPES[dtype], 4096 if on_gpu else 256),
-              "float64": matmul_tflops(device, torch.float64, 2048 if on_gpu else 256)}
+              "float64": matmul_tflops(device, torch.float64, 2048 if on_gpu else 256),
+              "eigh_n": eigh_n, "eigh_s": eigh_seconds(device, eigh_n), "disk_gb_per_s": disk_gb_per_s(work)}
     ctx = Context(args, device, tokenizer, requests, corpus, 4096 if not args.quick else 512,
                   (32, 128) if not args.quick else (8,), tflops,
                   ("smollm2-135m", "qwen2.5-7b") if not args.quick else ("qwen2.5-7b",))
     report: dict[str, Any] = {
         "script": "benchmarks/gpu.py", "quick": args.quick, "device": describe_device(device),
-        "dtype": dtype, "budget_s": args.budget, "matmul_tflops": {k: round(v, 3) for k, v in tflops.items()},
+        "dtype": dtype, "budget_s": args.budget, "calibration": {k: round(v, 4) for k, v in tflops.items()},
         "requests": "editbench synthetic (seed 0)", "sections": []}
 
     def record(section: str, model: str | None, fn: Callable[[], dict[str, Any]], need: float) -> bool:
