@@ -349,7 +349,8 @@ def locate_overrides(ctx: Context) -> dict[str, Any]:
 def locate(ctx: Context, handle: ModelHandle, allowed: float, editor_name: str) -> dict[str, Any]:
     """One step of the shipped ``editor_name`` hparams on a few requests; setup apart."""
     cls = EDITORS.get(editor_name)
-    config, resolved = load_hparams(cls.config_class, editor_name, handle.preset.name, locate_overrides(ctx))
+    config, _ = load_hparams(cls.config_class, editor_name, handle.preset.name, locate_overrides(ctx))
+    _, shipped = load_hparams(cls.config_class, editor_name, handle.preset.name)
     requests = ctx.requests[: ctx.args.locate_requests]
     reset_peak(ctx.device)
     t0 = now(ctx.device)
@@ -371,7 +372,7 @@ def locate(ctx: Context, handle: ModelHandle, allowed: float, editor_name: str) 
         "edit_s": round(edit_s, 3), "seconds_per_edit": round(edit_s / len(requests), 4),
         "v_steps": info.get("v_steps"), "v_mean_final_loss": info.get("v_mean_final_loss"),
         "peak_memory_gb": peak_memory_gb(ctx.device),
-        "shipped_hparams": {k: resolved[k] for k in ("layers", "v_num_grad_steps", "stats_tokens")},
+        "shipped_hparams": {k: shipped[k] for k in ("layers", "v_num_grad_steps", "stats_corpus", "stats_tokens")},
     }
 
 
