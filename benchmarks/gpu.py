@@ -304,8 +304,9 @@ def locft(ctx: Context, handle: ModelHandle, allowed: float) -> dict[str, Any]:
 
 def evaluation(ctx: Context, handle: ModelHandle, allowed: float) -> dict[str, Any]:
     """Prompts per second of the evaluator's pre-edit and post-edit passes, per protocol."""
-    out: dict[str, Any] = {"max_new_tokens": 32,
-                           "note": "random weights never emit a stop token: generation runs all 32 tokens"}
+    tokens = 8 if ctx.args.quick else 32  # the runner's default: 32
+    out: dict[str, Any] = {"max_new_tokens": tokens,
+                           "note": f"random weights never emit a stop token: generation runs all {tokens} tokens"}
     cases = [(p, bs) for bs in ctx.eval_batches for p in ("teacher_forced", "generation")]
     deadline = time.monotonic() + allowed
     for k, (protocol, bs) in enumerate(cases):
@@ -314,7 +315,7 @@ def evaluation(ctx: Context, handle: ModelHandle, allowed: float) -> dict[str, A
         if share <= 0:
             out[key] = {"status": "skipped", "reason": "section time used up"}
             continue
-        ev = Evaluator(handle, EvalSettings(protocols=(protocol,), batch_size=bs, max_new_tokens=32))
+        ev = Evaluator(handle, EvalSettings(protocols=(protocol,), batch_size=bs, max_new_tokens=tokens))
         warm = ctx.requests[: min(bs, 16)]
         t0 = now(ctx.device)
         ev.evaluate(warm, ev.baseline(warm))  # warm-up, and a (low) rate estimate
