@@ -80,6 +80,9 @@ class ModelPreset:
     revision: str | None = None
     gguf: GgufSource | None = None
     trust_remote_code: bool = False
+    # The checkpoint's architecture numbers (config.json keys: hidden_size, num_hidden_layers,
+    # ...): a random-weight model of the real shape is built from them without the weights.
+    architecture: dict[str, Any] | None = None
 
     def module_name(self, key: str, layer: int | None = None) -> str:
         """The dotted module name for template ``key`` (e.g. ``mlp_down``) at ``layer``."""
@@ -136,6 +139,8 @@ def get_preset(name: str, trust_remote_code: bool = False) -> ModelPreset:
             )
         if raw.get("gguf") is not None:
             raw["gguf"] = GgufSource.from_yaml(raw["gguf"], str(path))
+        if raw.get("architecture") is not None:
+            _check_architecture(raw["architecture"], raw.get("num_layers"), str(path))
         return ModelPreset(
             name=name, templates=_templates_for(raw["family"], templates, str(path)), **raw
         )
@@ -163,6 +168,19 @@ def describe_presets() -> list[dict[str, object]]:
         rows.append({"name": name, "family": p.family, "layers": p.num_layers,
                      "parameters": p.parameters, "hf_id": p.hf_id, "weights": weights})
     return rows
+
+
+def _check_architecture(arch: Any, num_layers: int | None, source: str) -> None:
+    if not isinstance(arch, dict) or not arch:
+        raise EditbenchError(f"{source}: architecture: expected a mapping of config.json keys, got {arch!r}")
+    for key, value in arch.items():
+        if not isinstance(key, str) or not isinstance(value, (int, float, str, bool)):
+            raise EditbenchError(
+                f"{source}: architecture.{key}: expected a number, string or boolean, got {value!r}")
+    layers = arch.get("num_hidden_layers")
+    if num_layers is not None and layers is not None and layers != num_layers:
+        raise EditbenchError(
+            f"{source}: architecture.num_hidden_layers is {layers} but num_layers is {num_layers}")
 
 
 def _adhoc_preset(name: str, trust_remote_code: bool = False) -> ModelPreset:

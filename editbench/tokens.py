@@ -97,17 +97,30 @@ def encode_prompt_target(
 
 @dataclass
 class TargetBatch:
-    """Right-padded prompt+target batch and the positions whose logits predict the target."""
+    """Right-padded prompt+target batch and the positions whose logits predict the target.
+
+    A packed batch (:meth:`TargetTable.pack`) is one row of the sequences back to back,
+    no attention mask and per-sequence ``position_ids``: the model's mask functions read
+    the position restarts as sequence boundaries (each sequence attends to itself only).
+    """
 
     input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor | None  # [B, L]; None when packed
     rows: torch.Tensor  # [N] batch index of each target token
     cols: torch.Tensor  # [N] position whose logits predict that token
     labels: torch.Tensor  # [N] the target token ids
     sample_index: torch.Tensor  # [N] which sample each target token belongs to
+    position_ids: torch.Tensor | None = None  # [1, L] when packed
 
     def to(self, device: torch.device | str) -> TargetBatch:
-        return TargetBatch(*(t.to(device) for t in vars(self).values()))
+        return TargetBatch(*(None if t is None else t.to(device) for t in vars(self).values()))
+
+    def model_inputs(self) -> dict[str, torch.Tensor | None]:
+        """The keyword arguments of the model's forward for this batch."""
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        return inputs
 
 
 def pad_batch(
@@ -194,6 +207,24 @@ class TargetTable:
         labels = input_ids[rows, cols + 1]
         return TargetBatch(input_ids, mask, rows, cols, labels, rows.clone())
 
+    def pack(self, index: torch.Tensor) -> TargetBatch:
+        """Requests ``index`` back to back in one row, no padding (see :class:`TargetBatch`).
+
+        Why: a right-padded batch of zsRE requests holds 1.5x its real tokens (batch 20,
+        smollm2 tokens), and every padded position costs a full forward and backward.
+        """
+        lengths = self.lengths[index]
+        first = torch.cumsum(lengths, 0) - lengths  # where each request starts in the row
+        input_ids = self.ids[self.positions(index)][None]
+        position_ids = (torch.arange(int(lengths.sum())) - torch.repeat_interleave(first, lengths))[None]
+        prompt_len = self.prompt_lengths[index]
+        target_len = lengths - prompt_len
+        sample = torch.repeat_interleave(torch.arange(len(index)), target_len)
+        target_first = torch.cumsum(target_len, 0) - target_len
+        cols = first[sample] + prompt_len[sample] + torch.arange(len(sample)) - target_first[sample] - 1
+        labels = input_ids[0, cols + 1]
+        return TargetBatch(input_ids, None, torch.zeros_like(cols), cols, labels, sample, position_ids)
+
 
 def _long(values: array) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(values, dtype=np.int64).copy())
@@ -213,9 +244,7 @@ def target_logits(model, batch: TargetBatch) -> torch.Tensor:
     values alive costs memory (and would make the lower layers' outputs matter to the upper
     ones beyond their hidden states, which the trainer's prefix cache relies on not to).
     """
-    hidden = model.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-    ).last_hidden_state
+    hidden = model.base_model(**batch.model_inputs(), use_cache=False).last_hidden_state
     rows = batch.rows.to(hidden.device)
     cols = batch.cols.to(hidden.device)
     return output_logits(model, hidden[rows, cols])

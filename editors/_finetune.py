@@ -74,6 +74,9 @@ class FinetuneConfig(EditorConfig):
     # Hidden states at the first trained layer's input, computed once per step.
     prefix_cache: bool = True
     prefix_cache_max_mb: float = 8192.0
+    # Each batch's sequences back to back in one row instead of padded to the longest
+    # (the same batches and losses; checked against padding once per editor).
+    packing: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -118,16 +121,52 @@ def target_loss(model: nn.Module, items: Sequence[PromptTarget], pad_id: int, de
     return batch_loss(model, TargetTable.of(items, pad_id), torch.arange(len(items)), device)
 
 
-def batch_loss(model: nn.Module, table: TargetTable, index: torch.Tensor, device,
-               cache: PrefixCache | None = None) -> torch.Tensor:
-    """:func:`target_loss` of requests ``index`` of ``table``, from ``cache`` when given."""
-    batch = table.collate(index)
+def sample_losses(model: nn.Module, table: TargetTable, index: torch.Tensor, device,
+                  cache: PrefixCache | None = None, packed: bool = False) -> torch.Tensor:
+    """Each request's mean target-token NLL ([len(index)]), from ``cache`` when given;
+    ``packed``: the batch as one row without padding (:meth:`TargetTable.pack`)."""
+    batch = table.pack(index) if packed else table.collate(index)
     inject = nullcontext() if cache is None else cache.injected(index, batch.attention_mask)
     batch = batch.to(device)
     with inject:
         logits = target_logits(model, batch).float()
     nll = nn.functional.cross_entropy(logits, batch.labels.to(logits.device), reduction="none")
-    return per_sample_mean(nll, batch.sample_index, len(index)).mean()
+    return per_sample_mean(nll, batch.sample_index, len(index))
+
+
+def batch_loss(model: nn.Module, table: TargetTable, index: torch.Tensor, device,
+               cache: PrefixCache | None = None, packed: bool = False) -> torch.Tensor:
+    """:func:`target_loss` of requests ``index`` of ``table`` (see :func:`sample_losses`)."""
+    return sample_losses(model, table, index, device, cache, packed).mean()
+
+
+# Largest per-request loss difference, relative, that still counts as "packing computes the
+# padded batch's losses": float rounding of other matrix shapes is ~1e-6 in float32 and up
+# to a few 1e-3 under bfloat16; a forward that let packed sequences see each other, or
+# ignored their positions, is off by far more.
+PACKING_RTOL = {"float32": 1e-3, "low_precision": 5e-2}
+PACKING_CHECK_REQUESTS = 4
+
+
+def packing_mismatch(model: nn.Module, table: TargetTable, index: torch.Tensor, device,
+                     autocast: bool = False) -> str | None:
+    """None when the model computes the same losses for ``index`` packed as padded; else why not.
+
+    Why: packing relies on the forward reading sequence boundaries from restarting position
+    ids (transformers' mask functions do, for the families in presets/families.yaml); a
+    custom model's forward may not, and would then silently train on leaked context.
+    ``autocast``: the forward runs under bfloat16 autocast (as is a half-precision model's).
+    """
+    with torch.no_grad():
+        padded = sample_losses(model, table, index, device)
+        packed = sample_losses(model, table, index, device, packed=True)
+    low = autocast or next(model.parameters()).dtype != torch.float32
+    rtol = PACKING_RTOL["low_precision" if low else "float32"]
+    worst = float(((packed - padded).abs() / padded.abs().clamp_min(1.0)).max())
+    if not worst <= rtol:
+        return (f"packed losses differ from padded ones by up to {worst:.3g} (relative, allowed "
+                f"{rtol:g}): the forward of {type(model).__name__} does not separate packed sequences")
+    return None
 
 
 def chunks(seq: Sequence, size: int) -> Iterable[Sequence]:
@@ -186,9 +225,11 @@ class PrefixCache:
 
     @classmethod
     def build(cls, model: nn.Module, layers_name: str, first: int, table: TargetTable, chunk: int,
-              input_device, max_mb: float) -> PrefixCache | str:
-        """Run the lower layers once over ``table`` in chunks of ``chunk`` requests; returns
-        the cache, or why the model cannot use one (the caller trains uncached)."""
+              input_device, max_mb: float, packed: bool = False) -> PrefixCache | str:
+        """Run the lower layers once over ``table`` in chunks of ``chunk`` requests (packed,
+        or right-padded in chunks of similar length: a request's states do not depend on
+        its chunk-mates); returns the cache, or why the model cannot use one (the caller
+        trains uncached)."""
         total = int(table.lengths.sum())
         if not total:
             return "no requests"
@@ -207,15 +248,15 @@ class PrefixCache:
                  below.register_forward_hook(after)]
         flat: torch.Tensor | None = None
         hidden: Any = None
+        by_length = torch.argsort(table.lengths, stable=True)
         try:
             with torch.no_grad():
                 for start in range(0, len(table), chunk):
-                    index = torch.arange(start, min(start + chunk, len(table)))
-                    batch = table.collate(index).to(input_device)
+                    index = by_length[start : start + chunk]
+                    batch = (table.pack(index) if packed else table.collate(index)).to(input_device)
                     seen.clear()
                     with suppress(_PrefixReached):
-                        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                         use_cache=False)
+                        model.base_model(**batch.model_inputs(), use_cache=False)
                     hidden = seen.get("input")
                     # Pass-throughs are exact only where the forward hands each layer's
                     # output to the next layer as it is.
@@ -230,23 +271,26 @@ class PrefixCache:
                                     f"{max_mb:g} (raise it to use the cache)")
                         flat = torch.empty(total, hidden.shape[-1], dtype=hidden.dtype,
                                            device=_cache_device(hidden.device, mb))
-                    begin = int(table.starts[index[0]])
-                    rows = hidden[batch.attention_mask.bool().to(hidden.device)]
-                    flat[begin : begin + len(rows)] = rows.to(flat.device)
+                    rows = hidden[0] if batch.attention_mask is None else \
+                        hidden[batch.attention_mask.bool().to(hidden.device)]
+                    flat[table.positions(index).to(flat.device)] = rows.to(flat.device)
         finally:
             for hook in hooks:
                 hook.remove()
         return cls(layers, first, table, flat, hidden.device)
 
-    def hidden(self, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def hidden(self, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``[B, W, hidden]`` states of requests ``index`` padded like ``mask`` (zeros at
-        padding, which right padding and the attention mask keep away from real tokens)."""
+        padding, which right padding and the attention mask keep away from real tokens);
+        ``[1, tokens, hidden]`` back to back for a packed batch (``mask`` None)."""
+        if mask is None:
+            return self.flat[self.table.positions(index).to(self.flat.device)][None].to(self.device)
         out = torch.zeros(*mask.shape, self.flat.shape[-1], dtype=self.flat.dtype, device=self.flat.device)
         out[mask.bool().to(self.flat.device)] = self.flat[self.table.positions(index).to(self.flat.device)]
         return out.to(self.device)
 
     @contextmanager
-    def injected(self, index: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
+    def injected(self, index: torch.Tensor, mask: torch.Tensor | None) -> Iterator[None]:
         """Within: a forward over requests ``index`` skips the lower layers."""
         hidden = self.hidden(index, mask)
         lower = list(self.layers[: self.first])
@@ -266,7 +310,8 @@ class PrefixCache:
 
 
 def prefix_cache(handle, model: nn.Module, anchor: Sequence[nn.Parameter], table: TargetTable,
-                 chunk: int, max_mb: float, notes: set[str], who: str) -> tuple[PrefixCache | None, str]:
+                 chunk: int, max_mb: float, notes: set[str], who: str,
+                 packed: bool = False) -> tuple[PrefixCache | None, str]:
     """The frozen-prefix cache below the first layer holding an ``anchor`` tensor, and a note
     for a step's info; None (train uncached) when nothing lies below that layer, when it
     would exceed ``max_mb``, or when the model's forward is one the pass-throughs cannot
@@ -274,7 +319,7 @@ def prefix_cache(handle, model: nn.Module, anchor: Sequence[nn.Parameter], table
     layers_name = handle.preset.templates["layers"]
     first = first_trained_layer(model, layers_name, anchor)
     cache: PrefixCache | str = first if isinstance(first, str) else PrefixCache.build(
-        model, layers_name, first, table, chunk, handle.input_device, max_mb)
+        model, layers_name, first, table, chunk, handle.input_device, max_mb, packed)
     if isinstance(cache, str):
         if cache not in notes:
             notes.add(cache)
@@ -317,9 +362,10 @@ class StepData:
     # The step index of the table's first request: a depth-first batch's table holds its
     # own requests only, while indices keep meaning requests of the step.
     offset: int = 0
+    packed: bool = False
 
     def loss(self, model: nn.Module, index: torch.Tensor) -> torch.Tensor:
-        return batch_loss(model, self.table, index - self.offset, self.device, self.cache)
+        return batch_loss(model, self.table, index - self.offset, self.device, self.cache, self.packed)
 
 
 class FinetuneEditor(BaseEditor):
@@ -339,6 +385,8 @@ class FinetuneEditor(BaseEditor):
         self._progress: Callable[[], dict[str, Any]] | None = None
         self._resume: dict[str, Any] | None = None
         self._cache_notes: set[str] = set()
+        # Why packing is off for this model ("" when it is on; None until checked).
+        self._packing_verdict: str | None = None
 
     def _trainable_parameters(self) -> dict[str, nn.Parameter]:
         params: dict[str, nn.Parameter] = {}
@@ -410,14 +458,17 @@ class FinetuneEditor(BaseEditor):
         data = StepData(table, device)
         try:
             with autocast:
+                data.packed, packing = self._packing(model, table, on_gpu and cfg.bf16_autocast)
                 if cfg.pipeline == "depth_first":
                     info = self._depth_first(model, data, params, requests, dtypes, resume)
                 else:
                     if cfg.epochs > 1:
-                        data.cache, info["prefix_cache"] = self._prefix_cache(model, params, table)
+                        data.cache, info["prefix_cache"] = self._prefix_cache(
+                            model, params, table, data.packed)
                     else:  # each request is forwarded once: a cache would only add a pass
                         info["prefix_cache"] = "off: one epoch"
                     info.update(self._breadth_first(model, data, params, requests, dtypes, resume))
+                info["packing"] = packing
         finally:
             data.cache = None
             for p, dt in zip(params, dtypes, strict=True):
@@ -427,15 +478,41 @@ class FinetuneEditor(BaseEditor):
                     p.data = p.data.to(dt)
         return EditStats(num_requests=len(requests), info=info)
 
+    def _packing(self, model: nn.Module, table: TargetTable, autocast: bool) -> tuple[bool, str]:
+        """Whether this step's batches are packed, and a note for the step's info. The first
+        step of two or more requests checks once that the model's packed losses equal its
+        padded ones (:func:`packing_mismatch`); where they do not, batches stay padded."""
+        cfg = self.config
+        if not cfg.packing:
+            return False, "off"
+        if cfg.batch_size == 1:
+            return False, "off: batch size 1 (nothing is padded)"
+        if self._packing_verdict is None:
+            if len(table) < 2:
+                return False, "off: one request"
+            if any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in model.modules()):
+                # Dropout masks are drawn per position of the batch tensor: packed batches
+                # would train on other random draws than padded ones (LoRA's lora_dropout).
+                self._packing_verdict = "dropout is active (its random masks follow the batch layout)"
+                return False, f"off: {self._packing_verdict}"
+            # Four requests show whether packed sequences see each other; a whole batch
+            # would cost two full forwards of it (a second on smollm2's CPU runs).
+            index = torch.arange(min(len(table), cfg.batch_size, PACKING_CHECK_REQUESTS))
+            self._packing_verdict = packing_mismatch(
+                model, table, index, self.handle.input_device, autocast) or ""
+            if self._packing_verdict:
+                log.warning("%s: training with padded batches: %s", self.name, self._packing_verdict)
+        return (False, f"off: {self._packing_verdict}") if self._packing_verdict else (True, "on")
+
     def _prefix_cache(self, model: nn.Module, params: list[nn.Parameter],
-                      table: TargetTable) -> tuple[PrefixCache | None, str]:
+                      table: TargetTable, packed: bool = False) -> tuple[PrefixCache | None, str]:
         """The step's frozen-prefix cache and a note for the step's info (see
-        :func:`prefix_cache`)."""
+        :func:`prefix_cache`); ``packed``: the cache holds packed rows."""
         cfg = self.config
         if not cfg.prefix_cache:
             return None, "off"
         return prefix_cache(self.handle, model, self.cache_anchor(params), table, cfg.batch_size,
-                            cfg.prefix_cache_max_mb, self._cache_notes, self.name)
+                            cfg.prefix_cache_max_mb, self._cache_notes, self.name, packed)
 
     def cache_anchor(self, params: list[nn.Parameter]) -> list[nn.Parameter]:
         """Tensors whose layer the trained ones act in: the trained ones themselves, or for a
@@ -478,9 +555,9 @@ class FinetuneEditor(BaseEditor):
             pbar.update(first)
             for start in range(first, len(requests), cfg.batch_size):
                 index = torch.arange(start, min(start + cfg.batch_size, len(requests)))
-                batch = StepData(data.table.select(index), data.device, offset=start)
+                batch = StepData(data.table.select(index), data.device, offset=start, packed=data.packed)
                 if cfg.max_steps > 1:
-                    batch.cache, batch_note = self._prefix_cache(model, params, batch.table)
+                    batch.cache, batch_note = self._prefix_cache(model, params, batch.table, data.packed)
                     note = note or batch_note
                 opt = self._optimizer(params)  # a fresh optimizer per request batch, as in FT-M
                 where = f"request {requests[start].case_id!r}"

@@ -52,15 +52,18 @@ class AlphaEditConfig(MultiLayerConfig):
             raise ValueError(f"L2: expected a number >= 0, got {self.L2}")
 
 
-def cached_projector(module: str, C: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
-    """The null-space projector of ``C``, from the statistics cache when present."""
+def cached_projector(module: str, C: torch.Tensor, threshold: float,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, int]:
+    """The null-space projector of ``C``, from the statistics cache when present, else
+    computed on ``device`` (the edited weight's: a 7B model's C is 18944^2, whose float64
+    eigendecomposition takes minutes on a CPU)."""
     meta = {"version": 1, "kind": "nullspace", "module": module, "mom2_sha256": tensor_sha256(C),
             "threshold": threshold}
     path = cache_path(stats_cache_root(), meta)
     hit = load_cached(path, meta)
     if hit is not None:
         return hit[0], int(hit[1]["rank"])
-    P, rank = nullspace_projector(C, threshold)
+    P, rank = nullspace_projector(C.to(device), threshold)
     P = P.float()
     save_cached(path, meta, P, {"rank": rank})
     return P, rank
@@ -78,15 +81,16 @@ class AlphaEditEditor(MultiLayerEditor):
         self.nullspace_dims: dict[int, int] = {}
         energy: dict[str, float] = {}
         for layer, name in self.module_names.items():
-            P, rank = cached_projector(name, self.stats[layer], config.nullspace_threshold)
+            dev = self.weight(layer).device
+            P, rank = cached_projector(name, self.stats[layer], config.nullspace_threshold, dev)
+            P = P.to(dev)
             share = energy[str(layer)] = round(nullspace_energy(P, self.stats[layer]), 4)
             if share > NULLSPACE_ENERGY_WARN:
                 log.warning(
                     "alphaedit: the null space of layer %d (threshold %g, %d of %d dims) holds %.0f%% "
                     "of the statistics' energy; the projection protects little (lower nullspace_threshold)",
                     layer, config.nullspace_threshold, rank, P.shape[0], 100 * share)
-            dev = self.weight(layer).device
-            self.P[layer] = P.to(dev)
+            self.P[layer] = P
             self.nullspace_dims[layer] = rank
             self.C_prev[layer] = torch.zeros_like(self.P[layer])
         self.stats_info = {**self.stats_info,

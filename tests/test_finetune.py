@@ -9,6 +9,7 @@ from torch import nn
 from editbench.api import EditbenchError, EditRequest
 from editbench.evaluate import EvalSettings, Evaluator
 from editbench.evaluate.generation import generate_answers
+from editbench.models import family_templates
 from editbench.run import edit_and_evaluate
 from editbench.tokens import collate_targets, encode_prompt_target, target_logits
 from editors._finetune import FinetuneConfig, FinetuneEditor, target_loss
@@ -245,6 +246,51 @@ def test_prefix_cache_gives_the_uncached_losses_and_weights(family, tiny_tokeniz
             torch.testing.assert_close(weights1[name], value, atol=1e-5, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("family", sorted(family_templates()))
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_packed_batches_give_the_padded_losses_and_weights(family, prefix_cache, tiny_tokenizer):
+    """Every family's own forward reads the restarting position ids of a packed row as
+    sequence boundaries (sliding windows, learned positions and the multimodal wrapper too):
+    the same batches train to the same losses and weights, with or without the cache."""
+    from conftest import make_tiny
+
+    keys = dict(modules=["mlp_down@2", "mlp_down@3"], prefix_cache=prefix_cache)
+    (info0, weights0), (info1, weights1) = (
+        _train(make_tiny(family, tiny_tokenizer), FinetuneEditor, packing=packing, **keys)
+        for packing in (False, True))
+    assert (info0["packing"], info1["packing"]) == ("off", "on")
+    torch.testing.assert_close(info1["losses"], info0["losses"], atol=1e-5, rtol=0)
+    for name, value in weights0.items():
+        torch.testing.assert_close(weights1[name], value, atol=1e-5, rtol=0)
+
+
+def test_packing_is_checked_against_padding_once(tiny_tokenizer):
+    """A forward that ignores the position ids (as a custom model's may) lets packed
+    sequences attend to each other: the check sees other losses and pads instead; active
+    dropout (LoRA's) would draw other masks for a packed batch, so it pads too."""
+    from conftest import make_tiny
+    from editors.lora import LoraEditor
+
+    keys = dict(modules=["mlp_down@2"], prefix_cache=False)
+    padded, _ = _train(make_tiny("llama", tiny_tokenizer), FinetuneEditor, packing=False, **keys)
+    handle = make_tiny("llama", tiny_tokenizer)
+
+    def drop_positions(module, args, kwargs):
+        kwargs.pop("position_ids", None)
+        return args, kwargs
+
+    handle.model.base_model.register_forward_pre_hook(drop_positions, with_kwargs=True)
+    leaky, _ = _train(handle, FinetuneEditor, packing=True, **keys)
+    assert leaky["packing"].startswith("off: packed losses differ from padded ones by up to")
+    assert leaky["losses"] == padded["losses"]
+    lora, _ = _train(make_tiny("llama", tiny_tokenizer), LoraEditor, target_modules=["mlp_down"],
+                     layers=[2], lr=1e-2)
+    assert lora["packing"] == "off: dropout is active (its random masks follow the batch layout)"
+    lora, _ = _train(make_tiny("llama", tiny_tokenizer), LoraEditor, target_modules=["mlp_down"],
+                     layers=[2], lr=1e-2, dropout=0.0)
+    assert lora["packing"] == "on"
+
+
 def test_prefix_cache_skips_the_lower_layers_depth_first_too(tiny_tokenizer):
     from conftest import make_tiny
 
@@ -259,8 +305,10 @@ def test_prefix_cache_skips_the_lower_layers_depth_first_too(tiny_tokenizer):
     (info0, weights0), calls0 = runs[False]
     (info1, weights1), calls1 = runs[True]
     # 5 requests in batches of 2, 3 steps each: 9 forwards uncached, 3 (one cache per
-    # batch, so its memory does not grow with the step) cached.
-    assert (calls0, calls1) == (9, 3)
+    # batch, so its memory does not grow with the step) cached; 2 more in both for the
+    # packing check (the first batch padded and packed, once per editor).
+    assert (calls0, calls1) == (9 + 2, 3 + 2)
+    assert info0["packing"] == info1["packing"] == "on"
     assert info1["prefix_cache"].startswith("layer 2,") and info1["prefix_cache"].endswith("one per batch)")
     torch.testing.assert_close(info1["losses"], info0["losses"], atol=1e-5, rtol=0)
     for name, value in weights0.items():
@@ -404,5 +452,23 @@ def test_target_table_reads_a_generator_once_and_selects_rows():
     want = collate_targets([items[2], items[0]], pad_id=0)
     got = sub.collate(torch.arange(2))
     for name, value in vars(want).items():
-        assert torch.equal(getattr(got, name), value), name
+        assert (value is None and getattr(got, name) is None) or torch.equal(getattr(got, name), value), name
     assert len(TargetTable.of(iter([]), pad_id=0)) == 0
+
+
+def test_a_packed_batch_is_the_padded_one_without_padding():
+    from editbench.tokens import PromptTarget, TargetTable
+
+    items = [PromptTarget([5, 6], [7]), PromptTarget([8], [9, 10, 11]), PromptTarget([12, 13, 14], [15])]
+    table = TargetTable.of(items, pad_id=0)
+    index = torch.tensor([2, 0, 1])
+    padded, packed = table.collate(index), table.pack(index)
+    assert packed.attention_mask is None
+    assert packed.input_ids.tolist() == [[12, 13, 14, 15, 5, 6, 7, 8, 9, 10, 11]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3]]
+    # The same target tokens, each predicted from the position before it, per sample.
+    assert torch.equal(packed.labels, padded.labels) and torch.equal(packed.sample_index, padded.sample_index)
+    assert packed.rows.tolist() == [0] * 5 and packed.cols.tolist() == [2, 5, 7, 8, 9]
+    assert torch.equal(packed.input_ids[0, packed.cols + 1], packed.labels)
+    assert set(packed.model_inputs()) == {"input_ids", "attention_mask", "position_ids"}
+    assert set(padded.model_inputs()) == {"input_ids", "attention_mask"}

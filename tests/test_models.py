@@ -74,3 +74,34 @@ def test_snapshot_restores_only_the_named_parameters(tiny_llama):
     assert torch.equal(tiny_llama.model.get_parameter(other), edited_other)
     restore()  # reusable (a fresh model before every single edit)
     assert torch.equal(tiny_llama.model.get_parameter(names[0]), before)
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    # Parameter counts of the released checkpoints (their model cards / safetensors index).
+    ("smollm2-135m", 134_515_008), ("qwen2.5-7b", 7_615_616_512), ("llama3-8b", 8_030_261_248)])
+def test_preset_architecture_is_the_real_shape(name, params):
+    """The architecture numbers build (on the meta device: no memory) the released model's
+    exact parameter count, so random-weight benchmarks time the real shapes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    preset = get_preset(name)
+    assert preset.architecture["num_hidden_layers"] == preset.num_layers
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(preset.family, **preset.architecture))
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_a_bad_architecture_is_one_clear_line(tmp_path, monkeypatch):
+    import editbench.models as models
+
+    monkeypatch.setattr(models, "PRESET_DIR", tmp_path)
+    (tmp_path / "x.yaml").write_text("hf_id: a/b\nfamily: llama\nnum_layers: 2\narchitecture: [1, 2]\n")
+    with pytest.raises(EditbenchError, match=r"x.yaml: architecture: expected a mapping"):
+        models.get_preset("x")
+    (tmp_path / "x.yaml").write_text("hf_id: a/b\nfamily: llama\nnum_layers: 2\n"
+                                     "architecture: {num_hidden_layers: 3}\n")
+    with pytest.raises(EditbenchError, match="num_hidden_layers is 3 but num_layers is 2"):
+        models.get_preset("x")
+    (tmp_path / "x.yaml").write_text("hf_id: a/b\nfamily: llama\narchitecture: {rope_scaling: [1]}\n")
+    with pytest.raises(EditbenchError, match=r"architecture.rope_scaling: expected a number"):
+        models.get_preset("x")

@@ -96,8 +96,8 @@ def nullspace_energy(P: torch.Tensor, C: torch.Tensor) -> float:
     can, for a smaller model with a flatter spectrum, leave a third of the corpus keys'
     energy in the "null" space, and then the projection protects little.
     """
-    C64 = C.to(F64)
-    return float((P.to(C64.device, F64) * C64).sum() / C64.trace().clamp_min(1e-30))
+    C64 = C.to(P.device, F64)  # on P's device: the edited weight's, a GPU on a server
+    return float((P.to(F64) * C64).sum() / C64.trace().clamp_min(1e-30))
 
 
 def alphaedit_delta(
