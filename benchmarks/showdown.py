@@ -41,7 +41,6 @@ STEPS = {
     "grace": 1,
     "wise": 1,
 }
-POINT = 1000  # --eval-every
 
 
 def _cli(args: list[str], log: Path) -> int:
@@ -53,9 +52,10 @@ def _cli(args: list[str], log: Path) -> int:
                               stderr=subprocess.STDOUT, env=env).returncode
 
 
-def _step_args(editor: str) -> list[str]:
+def _step_args(editor: str, point: int) -> list[str]:
+    """The paper's step, at most one curve point (a point ends a step)."""
     step = STEPS.get(editor)
-    return [] if step is None else ["--edits-per-step", str(step)]
+    return [] if step is None else ["--edits-per-step", str(min(step, point))]
 
 
 def measure(editor: str, data: Path, out: Path, n: int, common: list[str]) -> float:
@@ -63,7 +63,7 @@ def measure(editor: str, data: Path, out: Path, n: int, common: list[str]) -> fl
     run = out / f"measure-{editor}"
     if not (run / "metrics.json").is_file():
         code = _cli(["run", "--editor", editor, "--dataset", str(data), "--num-edits", str(n),
-                     "--sample", "random", "--eval-sample", "20", *_step_args(editor),
+                     "--sample", "random", "--eval-sample", "20", *_step_args(editor, n),
                      *common, "--output", str(run), "--overwrite"], out / "showdown.log")
         if code != 0:
             raise SystemExit(f"{editor}: the measuring run failed; see {out / 'showdown.log'}")
@@ -79,23 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-hours", type=float, default=3.0)
     p.add_argument("--measure", type=int, default=200, help="edits of the measuring run")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--eval-every", type=int, default=1000, help="edits between curve points")
+    p.add_argument("--eval-sample", type=int, default=500, help="requests scored at each point")
     args = p.parse_args(argv)
+    point = args.eval_every
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "requests.jsonl"
     if not data.is_file():
         real_requests(Path(args.data_dir), data, exclude_subjects=_tuning_subjects(args.model))
     common = ["--model", args.model, "--data-dir", args.data_dir, "--seed", "0"]
-    summary: dict = {"edits": args.edits, "budget_hours": args.budget_hours, "editors": {},
+    summary: dict = {"edits": args.edits, "budget_hours": args.budget_hours, "eval_every": point,
+                     "eval_sample": args.eval_sample, "editors": {},
                      "load_average_start": load_average()}
     for editor in args.editors.split(","):
         s_per_edit = measure(editor, data, out, args.measure, common)
-        fits = int(args.budget_hours * 3600 / max(s_per_edit, 1e-9)) // POINT * POINT
-        edits = max(POINT, min(args.edits, fits))
+        fits = int(args.budget_hours * 3600 / max(s_per_edit, 1e-9)) // point * point
+        edits = max(point, min(args.edits, fits))
         run = out / editor
         flags = ["run", "--editor", editor, "--dataset", str(data), "--num-edits", str(edits),
-                 "--sample", "random", "--eval-every", str(POINT), "--eval-sample", "500",
-                 "--capability", "default", "--checkpoint-every", str(POINT), *_step_args(editor),
+                 "--sample", "random", "--eval-every", str(point), "--eval-sample", str(args.eval_sample),
+                 "--capability", "default", "--checkpoint-every", str(point), *_step_args(editor, point),
                  *common, "--output", str(run)]
         t0 = time.perf_counter()
         if not (run / "metrics.json").is_file():

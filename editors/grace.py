@@ -70,6 +70,8 @@ class GraceConfig(EditorConfig):
     prefix_cache_max_mb: float = 8192.0
 
     tune_lr_key = "lr"
+    # How `editbench list editors` describes it (not a setting: GRACE has one way to edit).
+    pipeline = "codebook"
 
     def tuning_location(self, layer: int, template: str) -> dict[str, Any] | None:
         return {"module": f"{template}@{layer}"}
