@@ -123,7 +123,7 @@ def test_no_distribution_tokens_scores_locality_without_them(tiny_llama):
 
 
 def test_the_summary_shows_known_fact_locality_first_and_says_when_it_rests_on_few():
-    from editbench.cli import summary
+    from editbench.report.summary import summary
 
     config = {"editor": "e", "model": {"name": "m"}, "dataset": {"name": "d"},
               "protocol": {"evaluation": "after all edits", "definitions": {"generation": "g"}}}
