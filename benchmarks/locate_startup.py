@@ -6,7 +6,7 @@ Parts (``--parts``, comma-separated):
   building the editor (self-generated corpus, one pass over every layer) to its first
   edit, then a second editor (ROME, other layers) that must find its matrices cached.
 - ``tokens``: MEMIT on the same zsRE requests with statistics from each ``--tokens``
-  budget (the corpus sampled once for the largest and cut), reliability / generalization /
+  budget (each budget samples its own seeded corpus of that size), reliability / generalization /
   locality per budget, to show how many tokens the statistics need.
 
     EDITBENCH_PROGRESS=0 python benchmarks/locate_startup.py --data-dir ../shared/data
