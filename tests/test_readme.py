@@ -26,7 +26,8 @@ TEST_COMMAND = (
 # Flags the pages name that belong to other programs: pip's, and a benchmark script's.
 FOREIGN_FLAGS = {"--no-deps": None, "--cases": "benchmarks/semantic_threshold.py",
                  "--build": "benchmarks/semantic_threshold.py",
-                 "--edit": "benchmarks/semantic_threshold.py"}
+                 "--edit": "benchmarks/semantic_threshold.py",
+                 "--quick": "benchmarks/gpu.py"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]")
 
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
