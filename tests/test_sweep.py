@@ -229,3 +229,19 @@ def test_a_grid_no_ray_node_can_run_fails_at_once():
     check_cluster({"num_gpus": 1, "num_cpus": 2}, {"CPU": 16.0, "GPU": 1.0})
     with pytest.raises(EditbenchError, match="asks for num_gpus 1 but the Ray cluster has 0"):
         check_cluster({"num_gpus": 1}, {"CPU": 2.0})
+
+
+def test_a_grid_names_known_fact_slices_by_name(project, tmp_path, monkeypatch):
+    """known-<model>-tune|eval is a dataset name once `editbench known-facts` built it, and a
+    one-line 'not built yet' before."""
+    monkeypatch.setenv("EDITBENCH_CACHE", str(tmp_path / "cache"))
+    from editbench.data.known import known_dir
+
+    text = "model: tiny-llama\ndataset: known-tiny-llama-eval\nmax_new_tokens: 4\neditor: locft_bf\n"
+    with pytest.raises(EditbenchError, match="not built yet"):
+        load_grid(write_grid(project, text))
+    folder = known_dir("tiny-llama")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text((project / "facts.json").read_text())
+    assert [RunSpec(**c.values).dataset for c in load_grid(write_grid(project, text)).cells] == [
+        "known-tiny-llama-eval"]

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from editbench.config import ConfigError, check_value, load_hparams, refuse_absolute_paths
+from editbench.data.known import resolve_known
 from editbench.errors import EditbenchError, did_you_mean
 from editbench.files import json_digest
 from editbench.run.spec import RunSpec
@@ -271,6 +272,8 @@ def _validate_cells(cells: Sequence[Cell], where: str) -> None:
         once(("model", spec.model), lambda s=spec: get_preset(s.model), "key 'model'")
 
         def check_dataset(s: RunSpec = spec) -> None:
+            if resolve_known(s.dataset) is not None:  # a built known-fact slice (else: why not)
+                return
             if s.dataset not in datasets and not Path(s.dataset).is_file():
                 raise EditbenchError(
                     f"unknown dataset {s.dataset!r}{did_you_mean(s.dataset, datasets)} and no such "
