@@ -9,8 +9,9 @@ no editor is scored on requests its hparams were chosen on) in its own ordinary 
 
 with the step each method's paper uses (``STEPS``). An editor is first measured on a short
 run; when 10,000 edits would take longer than ``--budget-hours`` on this machine, its run
-stops at the largest multiple of 1,000 that fits, and the projection for 10,000 is
-reported. Each run resumes where it stopped (rerun the command). At the end: the
+stops at the largest multiple of ``--eval-every`` that fits (none when not even one fits:
+then the short run's measurement is all), and the projection for 10,000 is reported.
+Each run resumes where it stopped (rerun the command). At the end: the
 leaderboard (Markdown), the curves (``curves.png``) and ``showdown.json`` (seconds per
 edit, peak memory, projections, the machine's load).
 
@@ -89,13 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_file():
         real_requests(Path(args.data_dir), data, exclude_subjects=_tuning_subjects(args.model))
     common = ["--model", args.model, "--data-dir", args.data_dir, "--seed", "0"]
+    # Editors measured by an earlier call (another --editors or --measure) stay in the summary.
+    earlier = out / "showdown.json"
+    kept = json.loads(earlier.read_text())["editors"] if earlier.is_file() else {}
     summary: dict = {"edits": args.edits, "budget_hours": args.budget_hours, "eval_every": point,
                      "eval_sample": args.eval_sample, "editors": {},
                      "load_average_start": load_average()}
     for editor in args.editors.split(","):
         s_per_edit = measure(editor, data, out, args.measure, common)
         fits = int(args.budget_hours * 3600 / max(s_per_edit, 1e-9)) // point * point
-        edits = max(point, min(args.edits, fits))
+        projected = round(s_per_edit * args.edits / 3600, 2)
+        if fits < point:  # not one curve point within the budget: the measurement is all
+            summary["editors"][editor] = {
+                "edits": 0, "measured_s_per_edit": s_per_edit, "measured_edits": args.measure,
+                "projected_hours_for_all": projected,
+                "why": f"{point} edits would take {s_per_edit * point / 3600:.2f} h, over the budget"}
+            continue
+        edits = min(args.edits, fits)
         run = out / editor
         flags = ["run", "--editor", editor, "--dataset", str(data), "--num-edits", str(edits),
                  "--sample", "random", "--eval-every", str(point), "--eval-sample", str(args.eval_sample),
@@ -109,15 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         metrics = json.loads((run / "metrics.json").read_text())
         summary["editors"][editor] = {
-            "edits": edits, "measured_s_per_edit": s_per_edit,
-            "projected_hours_for_all": round(s_per_edit * args.edits / 3600, 2),
+            "edits": edits, "measured_s_per_edit": s_per_edit, "measured_edits": args.measure,
+            "projected_hours_for_all": projected,
             "edit_time_per_request_s": metrics["edit_time_per_request_s"],
             "peak_rss_mb": max(ph["peak_rss_mb"] for ph in metrics["phases"].values()),
             "wall_s_this_call": round(time.perf_counter() - t0, 1),
             "results": metrics["results"],
         }
     summary["load_average_end"] = load_average()
-    runs = [str(out / e) for e in args.editors.split(",") if (out / e / "metrics.json").is_file()]
+    summary["editors"] = {**kept, **summary["editors"]}
+    runs = [str(out / e) for e in summary["editors"] if (out / e / "metrics.json").is_file()]
     if runs:
         _cli(["leaderboard", *runs, "-o", str(out / "leaderboard.md")], out / "showdown.log")
         _cli(["plot", *runs, "-o", str(out / "curves.png")], out / "showdown.log")
