@@ -14,10 +14,12 @@ from editbench.run import RunSpec, run
 
 pytestmark = pytest.mark.integration
 
-# Measured (first 20 requests of zsre_3k.json, one turn): see the asserts' messages.
-TF_RELIABILITY = 0.0
-GEN_RELIABILITY = 0.0
-TF_LOCALITY = 0.0
+# Measured (first 20 requests of zsre_3k.json, one turn, hparams/ultraedit/smollm2-135m.yaml):
+# teacher-forced reliability 0.23, locality 1.00; generation reliability 0.00 (on smollm2 a
+# turn that flips greedy answers also destroys locality: see that YAML's sweep notes). The
+# guards are the measured values minus a margin.
+TF_RELIABILITY = 0.15
+TF_LOCALITY = 0.9
 
 
 def test_twenty_zsre_edits_through_the_runner(smollm2, tmp_path):
@@ -31,5 +33,4 @@ def test_twenty_zsre_edits_through_the_runner(smollm2, tmp_path):
     print("ultraedit smollm2 20 zsRE:", {k: (gen[k], tf[k]) for k in ("reliability", "generalization", "locality")},
           "s/edit", metrics["edit_time_per_request_s"])
     assert tf["reliability"] >= TF_RELIABILITY, tf
-    assert gen["reliability"] >= GEN_RELIABILITY, gen
     assert tf["locality"] >= TF_LOCALITY, tf
