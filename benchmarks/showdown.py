@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--eval-every", type=int, default=1000, help="edits between curve points")
     p.add_argument("--eval-sample", type=int, default=500, help="requests scored at each point")
+    p.add_argument("--cap", type=int, default=None,
+                   help="edits per run at most in this call (projections still for --edits)")
     args = p.parse_args(argv)
     point = args.eval_every
     out = Path(args.output)
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 "projected_hours_for_all": projected,
                 "why": f"{point} edits would take {s_per_edit * point / 3600:.2f} h, over the budget"}
             continue
-        edits = min(args.edits, fits)
+        edits = min(args.edits, fits, args.cap or args.edits)
         run = out / editor
         flags = ["run", "--editor", editor, "--dataset", str(data), "--num-edits", str(edits),
                  "--sample", "random", "--eval-every", str(point), "--eval-sample", str(args.eval_sample),
