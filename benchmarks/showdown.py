@@ -59,8 +59,9 @@ def _step_args(editor: str, point: int) -> list[str]:
     return [] if step is None else ["--edits-per-step", str(min(step, point))]
 
 
-def measure(editor: str, data: Path, out: Path, n: int, common: list[str]) -> float:
-    """Seconds per edit on a short run of ``n`` edits (no curve, a small evaluation)."""
+def measure(editor: str, data: Path, out: Path, n: int, common: list[str]) -> tuple[float, int]:
+    """Seconds per edit on a short run of ``n`` edits (no curve, a small evaluation), and
+    the edits it made (an earlier call's run is reused, whatever its ``n``)."""
     run = out / f"measure-{editor}"
     if not (run / "metrics.json").is_file():
         code = _cli(["run", "--editor", editor, "--dataset", str(data), "--num-edits", str(n),
@@ -68,7 +69,8 @@ def measure(editor: str, data: Path, out: Path, n: int, common: list[str]) -> fl
                      *common, "--output", str(run), "--overwrite"], out / "showdown.log")
         if code != 0:
             raise SystemExit(f"{editor}: the measuring run failed; see {out / 'showdown.log'}")
-    return json.loads((run / "metrics.json").read_text())["edit_time_per_request_s"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    return metrics["edit_time_per_request_s"], metrics["num_edits"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                      "eval_sample": args.eval_sample, "editors": {},
                      "load_average_start": load_average()}
     for editor in args.editors.split(","):
-        s_per_edit = measure(editor, data, out, args.measure, common)
+        s_per_edit, measured = measure(editor, data, out, args.measure, common)
         fits = int(args.budget_hours * 3600 / max(s_per_edit, 1e-9)) // point * point
         projected = round(s_per_edit * args.edits / 3600, 2)
         if fits < point:  # not one curve point within the budget: the measurement is all
             summary["editors"][editor] = {
-                "edits": 0, "measured_s_per_edit": s_per_edit, "measured_edits": args.measure,
+                "edits": 0, "measured_s_per_edit": s_per_edit, "measured_edits": measured,
                 "projected_hours_for_all": projected,
                 "why": f"{point} edits would take {s_per_edit * point / 3600:.2f} h, over the budget"}
             continue
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         metrics = json.loads((run / "metrics.json").read_text())
         summary["editors"][editor] = {
-            "edits": edits, "measured_s_per_edit": s_per_edit, "measured_edits": args.measure,
+            "edits": edits, "measured_s_per_edit": s_per_edit, "measured_edits": measured,
             "projected_hours_for_all": projected,
             "edit_time_per_request_s": metrics["edit_time_per_request_s"],
             "peak_rss_mb": max(ph["peak_rss_mb"] for ph in metrics["phases"].values()),
