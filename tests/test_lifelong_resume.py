@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CORPUS
+from conftest import CORPUS, Interrupted, interrupt_edit
 from editbench.registry import EDITORS
 from editbench.run import RunSpec, run
 
@@ -35,17 +35,8 @@ def test_a_run_interrupted_between_steps_resumes_to_the_same_numbers(editor, tin
                        device="cpu", max_new_tokens=4, protocols=("generation", "teacher_forced"),
                        output=out, checkpoint_every=1, overrides=overrides, **kw)
 
-    cls = EDITORS.get(editor)
-    original, calls = cls.edit, {"n": 0}
-
-    def crashing(self, requests):
-        calls["n"] += 1
-        if calls["n"] == crash_at:
-            raise KeyboardInterrupt
-        return original(self, requests)
-
-    monkeypatch.setattr(cls, "edit", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    interrupt_edit(monkeypatch, EDITORS.get(editor), crash_at)
+    with pytest.raises(Interrupted):
         run(spec(str(tmp / "run")))
     monkeypatch.undo()
     resumed = run(spec(str(tmp / "run"), resume=True)).load()[1]
