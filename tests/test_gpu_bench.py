@@ -78,9 +78,12 @@ def test_parity_compares_cpu_with_cpu_and_says_so(quick):
 
 
 def test_locft_reports_cached_and_uncached_epochs_of_the_shipped_hparams(quick):
+    from editbench.config import load_hparams
+    from editors.locft_bf import LocFTBFConfig
+
     got = sections(quick[1])
-    for model, module in (("qwen2.5-7b", "mlp_down@6"), ("llama3-8b", "mlp_down@22"),
-                          ("smollm2-135m", "mlp_down@20")):
+    for model in ("qwen2.5-7b", "llama3-8b", "smollm2-135m"):
+        (module,) = load_hparams(LocFTBFConfig, "locft_bf", model)[0].modules  # as shipped
         r = got[("locft", model)]["result"]
         assert r["modules"] == [module] and r["requests"] == 40
         cached, uncached = r["cached"], r["uncached"]
