@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -432,6 +433,23 @@ def load_model(
     if commit and "@" in identity and identity.endswith("@main"):
         identity = f"{preset.hf_id}@{commit}"
     return prepare(model, tokenizer, preset, identity, dtype=dtype_name, device=device)
+
+
+def kv_cache_kwargs(model: nn.Module, past: Any) -> dict[str, Any]:
+    """The keyword that hands a KV cache to ``model``'s forward: ``cache`` since transformers
+    5.2x, ``past_key_values`` before (still accepted there, with a warning on every call)."""
+    return {_cache_keyword(type(model)): past}
+
+
+@cache
+def _cache_keyword(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def returned_kv_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under either name (see ``kv_cache_kwargs``)."""
+    found = output.get("cache") if hasattr(output, "get") else None
+    return found if found is not None else output.past_key_values
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from editbench.api import EditbenchError
-from editbench.models import family_templates, get_preset, preset_names
+from editbench.models import (
+    family_templates,
+    get_preset,
+    kv_cache_kwargs,
+    preset_names,
+    returned_kv_cache,
+)
 
 KEYS = ("block", "mlp", "mlp_down", "mlp_up", "attn_o", "embed", "final_norm", "lm_head")
 
@@ -105,3 +113,17 @@ def test_a_bad_architecture_is_one_clear_line(tmp_path, monkeypatch):
     (tmp_path / "x.yaml").write_text("hf_id: a/b\nfamily: llama\narchitecture: {rope_scaling: [1]}\n")
     with pytest.raises(EditbenchError, match=r"architecture.rope_scaling: expected a number"):
         models.get_preset("x")
+
+
+def test_kv_cache_continues_a_forward_without_deprecation_warnings(tiny_handle):
+    """A cached continuation equals the full forward, and passing the cache warns nothing
+    (transformers renamed ``past_key_values`` to ``cache``; the old name warns per call)."""
+    model = tiny_handle.model
+    ids = torch.tensor([[5, 9, 12, 7, 3, 11]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        head = model(input_ids=ids[:, :4], use_cache=True)
+        tail = model(input_ids=ids[:, 4:], use_cache=True, **kv_cache_kwargs(model, returned_kv_cache(head)))
+    full = model(input_ids=ids).logits
+    torch.testing.assert_close(tail.logits, full[:, 4:], atol=1e-5, rtol=0)

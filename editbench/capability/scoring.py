@@ -28,6 +28,7 @@ import torch
 
 from editbench.evaluate.generation import generate_answers, length_batches
 from editbench.evaluate.normalize import cut_at_stop, normalize_answer
+from editbench.models import kv_cache_kwargs, returned_kv_cache
 from editbench.tokens import (
     PromptTarget,
     collate_targets,
@@ -148,7 +149,7 @@ def _shared_prompt_logprobs(handle: ModelHandle, group: Sequence[Sequence[Prompt
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = base(input_ids=ids.to(device), attention_mask=mask.to(device),
                position_ids=pos.to(device), use_cache=True)
-    cache = out.past_key_values
+    cache = returned_kv_cache(out)
     last = out.last_hidden_state[:, -1]  # [P, H]: predicts each option's first token
 
     owner = [row for row, g in enumerate(group) for _ in g]
@@ -165,7 +166,7 @@ def _shared_prompt_logprobs(handle: ModelHandle, group: Sequence[Sequence[Prompt
         opos = lengths[:, None] + torch.arange(owidth)[None, :]
         full_mask = torch.cat([mask[index], omask], dim=1)
         hidden = base(input_ids=oids.to(device), attention_mask=full_mask.to(device),
-                      position_ids=opos.to(device), past_key_values=cache,
+                      position_ids=opos.to(device), **kv_cache_kwargs(base, cache),
                       use_cache=True).last_hidden_state
 
     rows, cols, labels, firsts = [], [], [], []

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from editbench.api import EditbenchError
+from editbench.models import kv_cache_kwargs, returned_kv_cache
 from editbench.tokens import pad_batch
 
 if TYPE_CHECKING:
@@ -201,8 +202,8 @@ def sample_texts(handle: ModelHandle, prompts: Sequence[str], length: int, seed:
         past = None
         step_ids = ids
         for _ in range(length):
-            res = model(input_ids=step_ids, past_key_values=past, use_cache=True)
-            past = res.past_key_values
+            res = model(input_ids=step_ids, **kv_cache_kwargs(model, past), use_cache=True)
+            past = returned_kv_cache(res)
             logits = res.logits[:, -1].float().cpu()
             top, top_idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
             choice = torch.multinomial(torch.softmax(top, -1), 1, generator=gen)
