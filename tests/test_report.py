@@ -298,3 +298,34 @@ def test_report_renders_in_headless_chromium(tiny_sweep, tmp_path, monkeypatch):
     # locft_bf (orange) is drawn only as bars: filled, so many rows hold a wide run of it.
     assert len(rows_with(near(rgb, ORANGE), least=25)) > 100, "the bars did not render"
     assert len(rows_with(near(rgb, BLUE))) > 30, "the curves did not render"
+
+
+def test_values_on_too_few_requests_are_hollow_points_as_the_tables_mark_them(tiny_sweep, tmp_path):
+    """A curve point whose ``locality_known`` rests on fewer requests than the metric asks for
+    is flagged in the line (drawn hollow, with a note in the panel title) and marked † in the
+    table; the same value on enough requests is neither."""
+    import json
+
+    from editbench.evaluate.metrics import min_cases
+
+    pytest.importorskip("matplotlib", reason='plots need the plot extra: pip install -e ".[plot]"')
+    src = next(p for p in sorted(tiny_sweep.iterdir()) if (p / "curve.jsonl").is_file()
+               and json.loads((p / "metrics.json").read_text())["num_edits"] == 4)
+    run = tmp_path / src.name
+    shutil.copytree(src, run)
+    least = min_cases("locality_known")
+    points = [json.loads(x) for x in (run / "curve.jsonl").read_text().splitlines()]
+    for point, n in zip(points, [least - 1] * len(points), strict=True):
+        point["results"]["generation"].update(locality_known=0.5, n={"locality_known": n})
+    (run / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["results"]["generation"].update(locality_known=0.5, n={"locality_known": least})
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+    (line,) = [x for x in lines(collect([run])) if x.protocol == "generation"]
+    final = int(metrics["num_edits"])
+    # The final point is metrics.json's (enough requests), the earlier ones the curve's.
+    assert {(int(p["edits"]), "locality_known") for p in points} - {(final, "locality_known")} == line.few
+    assert line.few and (final, "locality_known") not in line.few
+    svg = render(collect([run]), "svg", metrics=["locality_known"]).decode()
+    assert "hollow: fewer than" in svg

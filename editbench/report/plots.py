@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
-from editbench.evaluate.metrics import is_rate
+from editbench.evaluate.metrics import is_rate, min_cases
 from editbench.extras import require
 from editbench.files import atomic_write, read_jsonl
 from editbench.report.runs import (
@@ -38,6 +38,7 @@ from editbench.report.runs import (
     dataset_label,
     default_metrics_for,
     editor_variants,
+    few_cases,
     model_label,
     point_metrics,
     user_settings,
@@ -64,6 +65,7 @@ class Line:
     data: str  # "dataset / model"
     variant: str  # " (lr=0.001)" where the editor has runs with other settings, else ""
     points: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # edits -> metric -> values
+    few: set[tuple[int, str]] = field(default_factory=set)  # (edits, metric) resting on too few requests
 
     def add(self, edits: int, values: dict[str, float]) -> None:
         at = self.points.setdefault(edits, {})
@@ -80,15 +82,14 @@ class Line:
         return len(self.points) > 1
 
 
-def run_points(run: Run, protocol: str) -> dict[int, dict[str, float]]:
-    """edits -> metrics for one run: its curve points, then its final result."""
-    points: dict[int, dict[str, float]] = {}
+def run_points(run: Run, protocol: str) -> dict[int, tuple[dict[str, float], set[str]]]:
+    """edits -> (metrics, the few-case ones) for one run: its curve points, then its final result."""
+    results = []
     curve = run.path / "curve.jsonl"
     if curve.is_file():
-        for _, point in read_jsonl(curve):
-            points[int(point["edits"])] = point_metrics(point["results"], protocol)
-    points[int(run.metrics["num_edits"])] = point_metrics(run.metrics["results"], protocol)
-    return points
+        results = [(int(point["edits"]), point["results"]) for _, point in read_jsonl(curve)]
+    results.append((int(run.metrics["num_edits"]), run.metrics["results"]))
+    return {edits: (point_metrics(res, protocol), few_cases(res, protocol)) for edits, res in results}
 
 
 def lines(runs: Sequence[Run]) -> list[Line]:
@@ -103,8 +104,9 @@ def lines(runs: Sequence[Run]) -> list[Line]:
             line = out.setdefault(ident, Line(
                 protocol, editor, f"{dataset_label(key)} / {model_label(run.config)}",
                 variant_label(settings, variants[editor])))
-            for edits, values in run_points(run, protocol).items():
+            for edits, (values, few) in run_points(run, protocol).items():
                 line.add(edits, values)
+                line.few.update((edits, name) for name in few)
     return list(out.values())
 
 
@@ -167,7 +169,7 @@ def _edit_ticks(ax: Any, edits: set[int]) -> None:
     xs = sorted(edits)
     lo, hi = xs[0], xs[-1]
     gaps = [b - a for a, b in zip(xs, xs[1:], strict=False)]
-    if len(xs) <= 8 and min(gaps, default=hi) >= 0.06 * (hi - lo):
+    if len(xs) <= 8 and min(gaps, default=hi) >= 0.1 * (hi - lo):
         ax.set_xticks(xs)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -200,6 +202,7 @@ def _draw_curves(fig: Any, curves: list[Line], chosen: list[str], colors: dict[s
             ax = axes[i][j]
             ax.set_title(f"{protocol}: {metric}")
             edits: set[int] = set()
+            few_note = False
             for line in (x for x in curves if x.protocol == protocol):
                 xs = sorted(e for e, at in line.points.items() if at.get(metric))
                 if not xs:
@@ -214,12 +217,21 @@ def _draw_curves(fig: Any, curves: list[Line], chosen: list[str], colors: dict[s
                                     linestyle=_STYLES[datas.index(line.data) % len(_STYLES)])
                 drawn.lines[0].set_clip_on(False)  # a point at 100% stays whole on the edge
                 legend.setdefault(label, drawn)
+                thin = [e for e in xs if (e, metric) in line.few]
+                if thin:  # as the tables' mark: the value rests on too few requests
+                    ax.plot(thin, [_mean(line.points[e][metric]) for e in thin], linestyle="none",
+                            marker="o", markersize=6, markerfacecolor="white",
+                            markeredgecolor=colors[line.label], clip_on=False, zorder=3)
+                    few_note = True
             if not edits:
                 _not_reported(ax)
                 continue
             _value_axis(ax, is_rate(metric) is True,
                         _percent([metric], [x for x in curves if x.protocol == protocol]))
             _edit_ticks(ax, edits)
+            if few_note:
+                ax.set_title(f"{protocol}: {metric}\n(hollow: fewer than {min_cases(metric)} requests)",
+                             fontsize="small")
             if i == len(protocols) - 1:
                 ax.set_xlabel("number of edits")
     _legend(fig, legend)

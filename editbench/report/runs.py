@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from editbench.errors import EditbenchError
-from editbench.evaluate.metrics import default_columns
+from editbench.evaluate.metrics import default_columns, min_cases
 from editbench.files import json_digest
 from editbench.run.rundir import RunDir
 
@@ -146,6 +146,14 @@ def comparability_key(config: dict[str, Any], protocol: str) -> dict[str, Any]:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def few_cases(results: dict[str, Any], protocol: str) -> set[str]:
+    """The metrics of a result whose value rests on fewer requests than the metric asks for
+    (``locality_known`` on data the model barely knows): tables mark them, plots hollow them."""
+    counts = (results.get(protocol) or {}).get("n") or {}
+    return {name for name, count in counts.items()
+            if isinstance(count, int) and (least := min_cases(name)) is not None and count < least}
 
 
 def point_metrics(results: dict[str, Any], protocol: str) -> dict[str, float]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editbench.errors import EditbenchError, did_you_mean
-from editbench.evaluate.metrics import higher_is_better, is_rate, min_cases
+from editbench.evaluate.metrics import higher_is_better, is_rate
 from editbench.report.runs import (
     Run,
     comparability_key,
@@ -24,6 +24,7 @@ from editbench.report.runs import (
     default_metrics,
     default_metrics_for,
     editor_variants,
+    few_cases,
     hparams_id,
     model_label,
     point_metrics,
@@ -132,14 +133,12 @@ def _table(protocol: str, items: list[tuple[Run, dict[str, Any]]]) -> Table:
         rid = settings_digest([*base, hp])
         rows.setdefault(rid, Row(rid, editor, label))
         cell = table.cells.setdefault((rid, cid), {})
-        counts = (run.metrics["results"].get(protocol) or {}).get("n") or {}
+        few = few_cases(run.metrics["results"], protocol)
         for name, value in point_metrics(run.metrics["results"], protocol).items():
             stat = cell.setdefault(name, Stat([], []))
             stat.values.append(value)
             stat.runs.append(str(run.path))
-            least = min_cases(name)
-            if least is not None and isinstance(counts.get(name), int) and counts[name] < least:
-                stat.few = True
+            stat.few = stat.few or name in few
     table.columns = list(columns.values())
     _label_columns(table.columns)
     table.rows = sorted(rows.values(), key=lambda r: (r.editor, r.label))
