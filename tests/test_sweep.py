@@ -179,6 +179,11 @@ def test_sweep_skips_finished_resumes_unfinished_and_records_failures(project, m
     changed = load_grid(write_grid(project, path.read_text().replace("max_new_tokens: 4", "max_new_tokens: 5")))
     outcome = sweep(changed, out)[t2.name]
     assert outcome.status == "failed" and "other settings (max_new_tokens)" in outcome.error
+    # So is one whose hparams file was re-chosen since (no flag changed).
+    yaml_path = project / "hparams" / "locft_bf" / "tiny-llama.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("epochs: 60", "epochs: 7"))
+    outcome = sweep(grid, out)[t2.name]
+    assert outcome.status == "failed" and "other settings (hparams epochs)" in outcome.error
 
 
 def test_sweep_state_counts_finished_cells_whenever_they_finished():
