@@ -26,9 +26,9 @@ from editbench.run import edit_and_evaluate
 pytestmark = pytest.mark.integration
 
 # CI-size guards (first 10 zsRE requests of zsre_3k.json): the measured level minus a margin.
-MEMIT_CI_RELIABILITY = 0.8  # measured 1.00 / 0.40 / 1.00 (rel / gen / loc)
-ALPHAEDIT_CI_RELIABILITY = 0.8  # measured 1.00 / 0.50 / 0.90, steps of 5
-EMMET_CI_RELIABILITY = 0.8  # measured 1.00 / 0.20 / 0.90 (20 requests, one step)
+MEMIT_CI_RELIABILITY = 0.8  # measured 1.00 / 0.50 / 0.80 (rel / gen / loc; layers 2-5: 1.00 / 0.40 / 1.00)
+ALPHAEDIT_CI_RELIABILITY = 0.8  # measured 1.00 / 0.40 / 1.00, steps of 5
+EMMET_CI_RELIABILITY = 0.8  # measured 1.00 / 0.50 / 0.95 (20 requests, one step)
 # The 500-request comparison uses 20 target steps instead of 60 (CPU budget), the same for both.
 SEQUENTIAL_OVERRIDES: dict = {"v_num_grad_steps": 20}
 
