@@ -69,14 +69,18 @@ def default_output(spec: RunSpec) -> Path:
     return Path("runs") / f"{spec.editor}-{model}-{dataset}-{stamp}"
 
 
+def resolve_hparams(spec: RunSpec) -> tuple[EditorConfig, dict[str, Any]]:
+    """The typed hparams of a run of ``spec`` and the mapping its config.json records."""
+    return load_hparams(EDITORS.get(spec.editor).config_class, spec.editor, spec.model,
+                        {"seed": spec.seed, **spec.overrides}, spec.hparams_file,
+                        data_dir=spec.data_dir)
+
+
 def plan_run(spec: RunSpec) -> Plan:
     """Check everything that can be checked without a model, so a typo fails in seconds."""
     spec.validate()
     editor_cls: type[BaseEditor] = EDITORS.get(spec.editor)
-    config, resolved = load_hparams(
-        editor_cls.config_class, spec.editor, spec.model, {"seed": spec.seed, **spec.overrides},
-        spec.hparams_file, data_dir=spec.data_dir,
-    )
+    config, resolved = resolve_hparams(spec)
     dataset = load_dataset(spec.dataset, data_dir=spec.data_dir, num=spec.num_edits,
                            sample=spec.sample, seed=spec.seed, target=spec.target)
     requests = dataset.requests

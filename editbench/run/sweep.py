@@ -85,6 +85,8 @@ def _differing_settings(spec: RunSpec, out: Path) -> list[str]:
     """The flags, and the hparams values, in which a finished cell differs from ``spec``: a
     YAML re-chosen since the cell ran changes no flag, and a table of skipped cells would
     silently report the old values under the new file."""
+    from editbench.run.plan import resolve_hparams
+
     try:
         config = json.loads((out / "config.json").read_text())
         previous, previous_hparams = config["spec"], config["hparams"]
@@ -93,21 +95,10 @@ def _differing_settings(spec: RunSpec, out: Path) -> list[str]:
     current = json.loads(json.dumps(dataclasses.asdict(spec), default=list))
     differ = sorted(k for k, v in current.items()
                     if k not in _NOT_SETTINGS and previous.get(k, v) != v)
-    hparams, previous_hparams = json.loads(dumps(_resolved_hparams(spec))), previous_hparams or {}
+    hparams, previous_hparams = json.loads(dumps(resolve_hparams(spec)[1])), previous_hparams or {}
     differ += sorted(f"hparams {k}" for k in set(hparams) | set(previous_hparams)
                      if previous_hparams.get(k) != hparams.get(k))
     return differ
-
-
-def _resolved_hparams(spec: RunSpec) -> dict[str, Any]:
-    """The hparams a run of ``spec`` would record now (as ``plan_run`` resolves them)."""
-    from editbench.config import load_hparams
-    from editbench.registry import EDITORS
-
-    _, resolved = load_hparams(EDITORS.get(spec.editor).config_class, spec.editor, spec.model,
-                               {"seed": spec.seed, **spec.overrides}, spec.hparams_file,
-                               data_dir=spec.data_dir)
-    return resolved
 
 
 def sweep(
