@@ -452,6 +452,12 @@ def returned_kv_cache(output: Any) -> Any:
     return found if found is not None else output.past_key_values
 
 
+def passed_kv_cache(kwargs: dict[str, Any]) -> Any:
+    """The KV cache a forward was handed, under either name (see ``kv_cache_kwargs``)."""
+    found = kwargs.get("cache")
+    return found if found is not None else kwargs.get("past_key_values")
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """A cheap hash of every parameter (name, shape, dtype and a strided sample of values).
 

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from editbench.api import EditbenchError, EditRequest, EditStats
+from editbench.models import passed_kv_cache
 from editbench.registry import register_editor
 from editbench.tokens import encode_prompt, pad_batch
 from editors._finetune import FinetuneConfig, FinetuneEditor
@@ -196,10 +197,8 @@ class _Stream:
         position = kwargs.get("cache_position")
         if isinstance(position, torch.Tensor) and position.numel():
             return int(position.reshape(-1)[0])
-        for key in ("cache", "past_key_values"):
-            if hasattr(kwargs.get(key), "get_seq_length"):
-                return int(kwargs[key].get_seq_length())
-        return 0
+        past = passed_kv_cache(kwargs)
+        return int(past.get_seq_length()) if hasattr(past, "get_seq_length") else 0
 
     def prefix_mean(self, name: str, d: torch.Tensor) -> torch.Tensor:
         """Per position, the mean of ``d`` ([B, T]) over the row's real tokens so far."""

@@ -51,19 +51,20 @@ def summary(config: dict, metrics: dict, path) -> str:
 def _few_cases(protocol: str, res: dict) -> list[str]:
     """A line per metric whose value rests on fewer cases than it asks for (or none)."""
     from editbench.evaluate.metrics import metrics
+    from editbench.report.runs import few_cases
 
-    out = []
+    few = few_cases({protocol: res}, protocol)
     counts = res.get("n") or {}
+    out = []
     for m in metrics(protocol):
-        if m.min_n is None or "known_pre" not in res:
+        if m.name not in few:
             continue
-        count = counts.get(m.name, 0)
-        if count == 0:
+        if counts[m.name] == 0:
             out.append(f"  note: no locality prompt is known to the unedited model, so {m.name} "
                        "cannot be measured here (editbench known-facts builds data where it can)")
-        elif count < m.min_n:
-            out.append(f"  note: {m.name} rests on {count} requests with a known locality prompt "
-                       f"(fewer than {m.min_n}): indicative only; known_pre says how many are known")
+        else:
+            out.append(f"  note: {m.name} rests on {counts[m.name]} requests with a known locality "
+                       f"prompt (fewer than {m.min_n}): indicative only; known_pre says how many are known")
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from editbench.config import ConfigError, check_value, load_hparams, refuse_absolute_paths
+from editbench.config import ConfigError, check_value, refuse_absolute_paths
 from editbench.data.known import resolve_known
 from editbench.errors import EditbenchError, did_you_mean
 from editbench.files import json_digest
@@ -253,6 +253,7 @@ def _validate_cells(cells: Sequence[Cell], where: str) -> None:
     from editbench.evaluate import PROTOCOLS
     from editbench.models import get_preset
     from editbench.registry import EDITORS
+    from editbench.run.plan import resolve_hparams
 
     datasets = dataset_names()
     seen: set[Any] = set()
@@ -293,12 +294,8 @@ def _validate_cells(cells: Sequence[Cell], where: str) -> None:
             once(("capability", spec.capability), lambda s=spec: load_suite(s.capability),
                  "key 'capability'")
 
-        def check_hparams(s: RunSpec = spec) -> None:
-            cls = EDITORS.get(s.editor).config_class
-            load_hparams(cls, s.editor, s.model, {"seed": s.seed, **s.overrides}, s.hparams_file)
-
         once(("hparams", spec.editor, spec.model, spec.hparams_file, _digest(spec.overrides)),
-             check_hparams, f"cell {cell.name} (editor {spec.editor!r} x model {spec.model!r})")
+             lambda s=spec: resolve_hparams(s), f"cell {cell.name} (editor {spec.editor!r} x model {spec.model!r})")
 
 
 # --- running -------------------------------------------------------------------------
