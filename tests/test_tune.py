@@ -89,6 +89,23 @@ def test_tune_sweeps_writes_yaml_and_resumes(tiny_run, capsys):
     assert "ran from other settings than" in err and str(hparams) in err and err.count("\n") == 1
 
 
+def test_tune_moves_a_single_module_editor_across_layers(tiny_run):
+    # GRACE names one `module`, not `modules`: its sweep must still move it layer to layer
+    # (it once asked the preset for a template '-' and stopped).
+    tmp, model_dir, data, _ = tiny_run
+    grace = tmp / "grace.yaml"
+    grace.write_text("module: mlp_down@3\neps: 1.0\nn_iter: 5\n")
+    out, written = tmp / "sweep-grace", tmp / "grace-tuned.yaml"
+    assert main(["tune", "--editor", "grace", "--model", str(model_dir), "--hparams", str(grace),
+                 "--dataset", str(data), "--num", "2", "--layers", "1,3", "--lr-factors", "2",
+                 "--constraint", "locality>=0.0", "--max-new-tokens", "2", "--device", "cpu",
+                 "--output", str(out), "--write", str(written)]) == 0
+    rows = [json.loads(line) for line in (out / "tune.jsonl").read_text().splitlines()]
+    assert [r["location"] for r in rows if r["stage"] == "coarse"] == ["mlp_down@1", "mlp_down@3"]
+    assert {r["location"] for r in rows if r["stage"] == "fine"} >= {"mlp_down@2"}
+    assert yaml.safe_load(written.read_text())["module"].startswith("mlp_down@")
+
+
 def test_tune_applies_the_prompt_format_to_every_prompt(tiny_run, capsys, monkeypatch):
     from editbench.run import loop as runner
 

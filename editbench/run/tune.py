@@ -351,7 +351,8 @@ class Tuner:
 
     def _coarse_points(self, layers: list[int]) -> list[tuple[dict[str, Any], str]]:
         points = []
-        templates = self.spec.templates if "modules" in self.base_raw else ("-",)
+        takes_modules = "modules" in self.base_raw or "module" in self.base_raw
+        templates = self.spec.templates if takes_modules else ("-",)
         for template in templates:
             for layer in layers:
                 loc = self._location(layer, template)
@@ -416,9 +417,16 @@ class Tuner:
         return path
 
 
-def _label(overrides: dict[str, Any]) -> str:
+def _modules(overrides: dict[str, Any]) -> list[str] | None:
+    """The module locations of a point: ``modules``, or an editor's single ``module`` (GRACE)."""
     if "modules" in overrides:
-        return ",".join(overrides["modules"])
+        return list(overrides["modules"])
+    return [overrides["module"]] if "module" in overrides else None
+
+
+def _label(overrides: dict[str, Any]) -> str:
+    if (modules := _modules(overrides)) is not None:
+        return ",".join(modules)
     if "layers" in overrides:
         layers = overrides["layers"]
         return f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
@@ -426,15 +434,16 @@ def _label(overrides: dict[str, Any]) -> str:
 
 
 def _last_layer(overrides: dict[str, Any]) -> int | None:
-    if "modules" in overrides:
-        return int(overrides["modules"][-1].partition("@")[2])
+    if (modules := _modules(overrides)) is not None:
+        return int(modules[-1].partition("@")[2])
     if "layers" in overrides:
         return overrides["layers"][-1]
     return None
 
 
 def _template(overrides: dict[str, Any]) -> str:
-    return overrides["modules"][-1].partition("@")[0] if "modules" in overrides else "-"
+    modules = _modules(overrides)
+    return modules[-1].partition("@")[0] if modules else "-"
 
 
 def format_table(rows: list[dict[str, Any]], chosen: dict[str, Any] | None = None) -> str:
