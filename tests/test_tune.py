@@ -103,7 +103,9 @@ def test_tune_moves_a_single_module_editor_across_layers(tiny_run):
     rows = [json.loads(line) for line in (out / "tune.jsonl").read_text().splitlines()]
     assert [r["location"] for r in rows if r["stage"] == "coarse"] == ["mlp_down@1", "mlp_down@3"]
     assert {r["location"] for r in rows if r["stage"] == "fine"} >= {"mlp_down@2"}
-    assert yaml.safe_load(written.read_text())["module"].startswith("mlp_down@")
+    text = written.read_text()
+    assert yaml.safe_load(text)["module"].startswith("mlp_down@")
+    assert "\nmodule: mlp_down@" in text and "\neps: 1.0\n" in text  # one key a line, as shipped
 
 
 def test_tune_applies_the_prompt_format_to_every_prompt(tiny_run, capsys, monkeypatch):

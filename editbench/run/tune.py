@@ -404,7 +404,7 @@ class Tuner:
                       + ("chosen" if meets else "closest to the rule") + f" by `editbench tune` "
                       f"({chosen['location']}) on {self.spec.dataset}, {self.rule()}"
                       + (f", with{with_set}" if with_set else "") + f"; the sweep: {sidecar.name}")
-        body = yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+        body = yaml.dump(raw, Dumper=_HparamsDumper, sort_keys=False, default_flow_style=False)
         atomic_write_text(path, provenance + "\n" + body)
         atomic_write_json(sidecar, {
             "editor": self.spec.editor, "model": self.spec.model, "dataset": self.spec.dataset,
@@ -415,6 +415,15 @@ class Tuner:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
         return path
+
+
+class _HparamsDumper(yaml.SafeDumper):
+    """Block mappings with lists on one line, as the shipped YAMLs are written (PyYAML's
+    ``default_flow_style=None`` puts a mapping of scalars alone, GRACE's whole file, on one line)."""
+
+
+_HparamsDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
 
 
 def _modules(overrides: dict[str, Any]) -> list[str] | None:
