@@ -338,6 +338,26 @@ def test_editors_lower_target_loss_and_touch_only_their_weights(
     json.dumps(stats.info)  # the runner writes it into metrics.json
 
 
+def test_rome_steps_do_not_change_its_edits(tiny_llama, corpus_file, stats_cache):
+    """ROME edits request by request, so splitting a step changes nothing: the run's
+    steps-of-10 cell for ROME is its one-step cell (weights equal bit for bit)."""
+    from editors.rome import RomeEditor
+
+    initial = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    sharpen(tiny_llama)
+    sharpened = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    RomeEditor(tiny_llama, _config("rome", corpus_file)).edit(REQUESTS)
+    one_step = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    tiny_llama.model.load_state_dict(sharpened)
+    editor = RomeEditor(tiny_llama, _config("rome", corpus_file))
+    editor.edit(REQUESTS[:1])
+    editor.edit(REQUESTS[1:])
+    after = tiny_llama.model.state_dict()
+    assert any(not torch.equal(one_step[k], sharpened[k]) for k in one_step)
+    assert all(torch.equal(one_step[k], after[k]) for k in one_step)
+    tiny_llama.model.load_state_dict(initial)
+
+
 def test_sequential_state_roundtrip(tiny_llama, corpus_file, stats_cache):
     from editors.alphaedit import AlphaEditEditor
     from editors.memit import MemitEditor
