@@ -283,6 +283,9 @@ class GraceEditor(BaseEditor):
                                              self.config.eps, self.config.eps_expand)
             actions[action] = actions.get(action, 0) + 1
             loss, taken = self._train(index, item, r.case_id)
+            if taken < 0:  # the request's own forward never reached the entry
+                actions["unreached"] = actions.get("unreached", 0) + 1
+                taken = 0
             losses.append(loss)
             steps += taken
             self.edits_done += 1
@@ -292,7 +295,11 @@ class GraceEditor(BaseEditor):
         })
 
     def _train(self, index: int, item: PromptTarget, case_id: str) -> tuple[float, int]:
-        """Optimise entry ``index``'s value on the request's target; (last loss, steps)."""
+        """Optimise entry ``index``'s value on the request's target; (last loss, steps), steps
+        -1 when the request's forward does not reach the entry: its query lies outside the
+        entry's radius (a radius expanded to exactly the new key's distance, or split to half
+        a tiny one, leaves the key on the boundary, where rounding decides). The entry then
+        keeps its value and the edit shows as a miss, not as a crash of a long run."""
         cfg, handle = self.config, self.handle
         table = TargetTable.of([item], handle.tokenizer.pad_token_id)
         cache = None
@@ -311,6 +318,8 @@ class GraceEditor(BaseEditor):
                     raise EditbenchError(f"{self.name}: non-finite loss at request {case_id!r}; lower lr (now {cfg.lr})")
                 if loss_value < cfg.loss_threshold:
                     break
+                if not loss.requires_grad:
+                    return loss_value, -1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

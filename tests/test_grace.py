@@ -96,6 +96,23 @@ def test_edited_key_retrieves_its_value(tiny_handle):
     assert generate(tiny_handle, [request.prompt], 4)[0][1][0] == target_ids[0]
 
 
+def test_an_entry_its_request_cannot_reach_is_a_miss_not_a_crash(tiny_handle):
+    """When a request's own query falls outside the entry it trains (a key left on its
+    radius's boundary, where rounding decides), the loss does not depend on the value: the
+    training reports the miss (steps -1), keeps the value, and the run goes on."""
+    from editors._finetune import encode_requests
+
+    editor = GraceEditor(tiny_handle, _config())
+    request = REQUESTS[0]
+    editor.edit([request])
+    editor.book.keys[0] = editor.book.keys[0] + 1.0  # the request's query now misses it
+    value = editor.book.values[0].clone()
+    (item,) = encode_requests(tiny_handle, [request], True)
+    loss, taken = editor._train(0, item, request.case_id)
+    assert taken == -1 and loss > 0
+    assert torch.equal(editor.book.values[0], value)
+
+
 def test_inputs_outside_every_radius_are_bitwise_unchanged(tiny_handle):
     before = _logits(tiny_handle, UNRELATED)
     gen_before = generate_answers(tiny_handle, UNRELATED, 6)
