@@ -441,6 +441,27 @@ def test_depth_first_step_resumes_from_a_batch_boundary(tiny_tokenizer):
         ed.edit(PADDED)
 
 
+@pytest.mark.parametrize(("editor", "invariant"), [(FTMEditor, True), (LocFTBFEditor, False)])
+def test_ft_m_steps_do_not_change_its_edits(tiny_tokenizer, editor, invariant):
+    """FT-M trains one request at a time with a fresh optimizer, so one step of 4 and steps
+    of 1 + 3 give bit-identical weights: a run's steps-of-10 cell for FT-M is its one-step
+    cell. LocFT-BF's epochs over the whole step are not (the contrast keeps the test honest)."""
+    from conftest import make_tiny
+
+    weights = []
+    for split in (len(REQUESTS), 1):
+        handle = make_tiny("llama", tiny_tokenizer)
+        config = editor.config_class(modules=["mlp_down@2"], lr=1e-2, max_steps=3, epochs=3,
+                                     loss_threshold=0.0)
+        ed = editor(handle, config)
+        ed.edit(REQUESTS[:split])
+        if split < len(REQUESTS):
+            ed.edit(REQUESTS[split:])
+        weights.append({n: p.detach().clone() for n, p in handle.model.named_parameters()})
+    one, split = weights
+    assert all(torch.equal(one[n], split[n]) for n in one) is invariant
+
+
 def test_target_table_reads_a_generator_once_and_selects_rows():
     from editbench.tokens import PromptTarget, TargetTable, collate_targets
 

@@ -190,10 +190,11 @@ def _roundtrip(state):
 
 
 def test_state_dict_round_trip_resumes_bit_identically(tiny_tokenizer):
+    """The unbroken editor edits everything in one step, the resumed one in two: GRACE edits
+    request by request, so a run's steps-of-10 cell for it is its one-step cell."""
     straight = make_tiny("llama", tiny_tokenizer)
     editor = GraceEditor(straight, _config(val_init="cold"))
-    editor.edit(REQUESTS[:3])
-    editor.edit(REQUESTS[3:])
+    editor.edit(REQUESTS)
 
     first = make_tiny("llama", tiny_tokenizer)
     interrupted = GraceEditor(first, _config(val_init="cold"))

@@ -177,6 +177,8 @@ def _roundtrip(state):
 
 
 def test_state_dict_round_trip_resumes_bit_identically(tiny_tokenizer, irrelevant):
+    """The unbroken editor edits everything in one step, the resumed one in two: WISE edits
+    request by request, so a run's steps-of-10 cell for it is its one-step cell."""
     config = _config(irrelevant, shard_size=1, merge_every=2)
     straight_handle = _handle(tiny_tokenizer)
     straight = WiseEditor(straight_handle, config)
