@@ -282,10 +282,9 @@ class GraceEditor(BaseEditor):
             index, action = self.book.update(key, self._initial_value(key), r.target_new.strip(),
                                              self.config.eps, self.config.eps_expand)
             actions[action] = actions.get(action, 0) + 1
-            loss, taken = self._train(index, item, r.case_id)
-            if taken < 0:  # the request's own forward never reached the entry
+            loss, taken, reached = self._train(index, item, r.case_id)
+            if not reached:
                 actions["unreached"] = actions.get("unreached", 0) + 1
-                taken = 0
             losses.append(loss)
             steps += taken
             self.edits_done += 1
@@ -294,9 +293,9 @@ class GraceEditor(BaseEditor):
             "mean_final_loss": sum(losses) / len(losses),
         })
 
-    def _train(self, index: int, item: PromptTarget, case_id: str) -> tuple[float, int]:
-        """Optimise entry ``index``'s value on the request's target; (last loss, steps), steps
-        -1 when the request's forward does not reach the entry: its query lies outside the
+    def _train(self, index: int, item: PromptTarget, case_id: str) -> tuple[float, int, bool]:
+        """Optimise entry ``index``'s value on the request's target; (last loss, steps, whether
+        the request's forward reached the entry). It does not when its query lies outside the
         entry's radius (a radius expanded to exactly the new key's distance, or split to half
         a tiny one, leaves the key on the boundary, where rounding decides). The entry then
         keeps its value and the edit shows as a miss, not as a crash of a long run."""
@@ -319,7 +318,7 @@ class GraceEditor(BaseEditor):
                 if loss_value < cfg.loss_threshold:
                     break
                 if not loss.requires_grad:
-                    return loss_value, -1
+                    return loss_value, taken, False
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -328,7 +327,7 @@ class GraceEditor(BaseEditor):
             self.lookup.train_index = self.lookup.train_value = None
             with torch.no_grad():
                 self.book.values[index] = value.detach()
-        return loss_value, taken
+        return loss_value, taken, True
 
     # -- state ----------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ def test_edited_key_retrieves_its_value(tiny_handle):
 def test_an_entry_its_request_cannot_reach_is_a_miss_not_a_crash(tiny_handle):
     """When a request's own query falls outside the entry it trains (a key left on its
     radius's boundary, where rounding decides), the loss does not depend on the value: the
-    training reports the miss (steps -1), keeps the value, and the run goes on."""
+    training reports the miss (not reached, no step taken), keeps the value, and the run goes on."""
     from editors._finetune import encode_requests
 
     editor = GraceEditor(tiny_handle, _config())
@@ -108,8 +108,8 @@ def test_an_entry_its_request_cannot_reach_is_a_miss_not_a_crash(tiny_handle):
     editor.book.keys[0] = editor.book.keys[0] + 1.0  # the request's query now misses it
     value = editor.book.values[0].clone()
     (item,) = encode_requests(tiny_handle, [request], True)
-    loss, taken = editor._train(0, item, request.case_id)
-    assert taken == -1 and loss > 0
+    loss, taken, reached = editor._train(0, item, request.case_id)
+    assert not reached and taken == 0 and loss > 0
     assert torch.equal(editor.book.values[0], value)
 
 
