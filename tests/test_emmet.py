@@ -45,6 +45,21 @@ def test_solve_meets_the_equality_constraints_at_least_cost():
     assert float((memit @ K - R).norm() / R.norm()) > 1e-3
 
 
+def test_memit_without_its_key_cache_is_emmet_with_ridge_one():
+    """Woodbury: R K^T (lam C + K K^T)^-1 = R (K^T (lam C)^-1 K + I)^-1 K^T (lam C)^-1. So
+    released MEMIT, solved step by step, is EMMET with emmet_lambda = 1: neither keeps an
+    earlier step's keys, and the shipped MEMIT files' ``accumulate_keys`` (AlphaEdit's
+    MEMIT_seq) is what protects earlier steps, not the least-squares form."""
+    d_in, d_out, n, lam = 24, 10, 6, 3.0
+    g = torch.Generator().manual_seed(1)
+    K = torch.randn(d_in, n, generator=g, dtype=F64)
+    R = torch.randn(d_out, n, generator=g, dtype=F64)
+    C = spd_matrix(d_in, 2)
+    torch.testing.assert_close(memit_delta(K, R, C, lam), emmet_delta(K, R, lam * C, ridge=1.0))
+    earlier = torch.randn(d_in, 4, generator=g, dtype=F64)
+    cached = memit_delta(K, R, C, lam, KKt_prev=earlier @ earlier.T)
+    assert float((cached @ earlier).norm()) < 0.5 * float((emmet_delta(K, R, lam * C, 1.0) @ earlier).norm())
+
 def _emmet(handle, corpus_file, **settings):
     cls = EDITORS.get("emmet")
     base = dict(context_templates_per_length=0, v_num_grad_steps=8, clamp_norm_factor=1e4,
