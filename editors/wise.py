@@ -74,6 +74,8 @@ class WiseConfig(FinetuneConfig):
     # Rows of one edit trained together: the prompt and its context-template variants.
     batch_size: int = 16
     max_steps: int = 70
+    # As released: EasyEdit's WISE trains on prompt + " " + target with no EOS after it.
+    append_eos: bool = False
     # Stop an edit once target NLL + routing margins are below this (the released code: 0.02).
     loss_threshold: float = 0.02
     # Routing.

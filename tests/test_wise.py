@@ -92,6 +92,14 @@ def test_bad_config_names_the_key(raw, needle):
         build_config(WiseConfig, raw, "wise.yaml")
 
 
+def test_trains_on_the_target_without_eos_as_released(tiny_tokenizer, irrelevant):
+    """EasyEdit's WISE tokenizes prompt + " " + target and appends no EOS (the shared
+    trainer's default appends one)."""
+    editor = WiseEditor(_handle(tiny_tokenizer), _config(irrelevant))
+    (item,) = editor._encode(REQUESTS[:1])
+    assert tiny_tokenizer.eos_token_id not in item.target_ids
+    assert tiny_tokenizer.decode(item.target_ids).strip() == "Rome"
+
 def test_router_sends_edits_to_the_side_memory_at_the_rate_the_threshold_implies(tiny_tokenizer, irrelevant):
     handle = _handle(tiny_tokenizer)
     before = {n: p.clone() for n, p in handle.model.named_parameters()}
