@@ -60,6 +60,7 @@ def test_memit_without_its_key_cache_is_emmet_with_ridge_one():
     cached = memit_delta(K, R, C, lam, KKt_prev=earlier @ earlier.T)
     assert float((cached @ earlier).norm()) < 0.5 * float((emmet_delta(K, R, lam * C, 1.0) @ earlier).norm())
 
+
 def _emmet(handle, corpus_file, **settings):
     cls = EDITORS.get("emmet")
     base = dict(context_templates_per_length=0, v_num_grad_steps=8, clamp_norm_factor=1e4,
