@@ -28,7 +28,8 @@ FOREIGN_FLAGS = {"--no-deps": None, "--cases": "benchmarks/semantic_threshold.py
                  "--build": "benchmarks/semantic_threshold.py",
                  "--edit": "benchmarks/semantic_threshold.py",
                  "--quick": "benchmarks/gpu.py", "--budget-hours": "benchmarks/showdown.py",
-                 "--cap": "benchmarks/showdown.py", "--measure": "benchmarks/showdown.py"}
+                 "--cap": "benchmarks/showdown.py", "--measure": "benchmarks/showdown.py",
+                 "--editors": "benchmarks/showdown.py"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]")
 
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
