@@ -100,6 +100,7 @@ def test_trains_on_the_target_without_eos_as_released(tiny_tokenizer, irrelevant
     assert tiny_tokenizer.eos_token_id not in item.target_ids
     assert tiny_tokenizer.decode(item.target_ids).strip() == "Rome"
 
+
 def test_router_sends_edits_to_the_side_memory_at_the_rate_the_threshold_implies(tiny_tokenizer, irrelevant):
     handle = _handle(tiny_tokenizer)
     before = {n: p.clone() for n, p in handle.model.named_parameters()}
