@@ -7,7 +7,10 @@ Delta = R (K^T C0^-1 K + emmet_lambda I)^-1 K^T C0^-1 with C0 = mom2_update_weig
 update_norm_lambda * I, in float64: with emmet_lambda = 0 every edit's key maps exactly to
 its residual (the equality constraints) while the corpus keys move least; emmet_lambda > 0
 (0.1 in the released configs) regularises an ill-conditioned K^T C0^-1 K for large batches.
-The released code solves each batch on its own (no state between steps).
+The released code solves each batch on its own (no state between steps): a later step
+moves earlier edits' keys as freely as any key outside C0. ``accumulate_keys: true`` (a
+departure, off by default) adds the earlier steps' keys to C0 (their running sum of k k^T,
+as MEMIT's option does), so later steps keep earlier edits' outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editbench.registry import register_editor
-from editors._locate.batch import MultiLayerConfig, MultiLayerEditor
+from editors._locate.batch import KeyCache, MultiLayerConfig, MultiLayerEditor
 from editors._locate.solve import emmet_delta
 
 
@@ -28,6 +31,8 @@ class EmmetConfig(MultiLayerConfig):
     mom2_update_weight: float = 1.0
     emmet_lambda: float = 0.1
     update_norm_lambda: float = 0.0
+    # Not in the released EMMET: earlier steps' keys join C0 (MEMIT's accumulate_keys).
+    accumulate_keys: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -39,7 +44,7 @@ class EmmetConfig(MultiLayerConfig):
 
 
 @register_editor("emmet")
-class EmmetEditor(MultiLayerEditor):
+class EmmetEditor(KeyCache, MultiLayerEditor):
     config_class = EmmetConfig
     config: EmmetConfig
 
@@ -49,9 +54,7 @@ class EmmetEditor(MultiLayerEditor):
         C0 = cfg.mom2_update_weight * self.stats[layer].to(K.device, torch.float64)
         if cfg.update_norm_lambda:
             C0 += cfg.update_norm_lambda * torch.eye(C0.shape[0], dtype=C0.dtype, device=C0.device)
-        if keep is not None:  # context keys: preserved like the corpus keys
-            C0 += keep.to(C0.device, C0.dtype)
+        kept = self.earlier_keys(layer, keep)
+        if kept is not None:  # earlier steps' and context keys: preserved like the corpus keys
+            C0 += kept.to(C0.device, C0.dtype)
         return emmet_delta(K, R, C0, cfg.emmet_lambda)
-
-    def record_keys(self, layer: int, K: torch.Tensor) -> None:
-        """Each batch is solved on its own, as released: nothing is kept between steps."""

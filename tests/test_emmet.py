@@ -89,7 +89,7 @@ def test_every_edit_key_maps_to_its_target(family, layers, tiny_tokenizer, corpu
     now = editor.mean_keys(REQUESTS, extra={block: "output"})[block]
     torch.testing.assert_close(now, z, rtol=1e-4, atol=1e-4 * float(z.abs().max()))
     assert all(layer["fit"] < 1e-4 for layer in stats.info["layers"])
-    assert editor.state_dict() == {}
+    assert editor.state_dict() == {"kkt": {}}
 
 
 def test_config_and_registration(tiny_llama, corpus_file):
@@ -102,5 +102,32 @@ def test_config_and_registration(tiny_llama, corpus_file):
     assert (defaults.key_average, defaults.emmet_lambda, defaults.context_key_weight) == ("grouped", 0.1, 0.0)
     editor = _emmet(tiny_llama, corpus_file, layers=[1])
     editor.load_state_dict({})
-    with pytest.raises(EditbenchError):
-        editor.load_state_dict({"kkt": {}})
+    for bad in ({"kkt": {"7": torch.zeros(2, 2)}}, {"C_prev": {}}):
+        with pytest.raises(EditbenchError, match="emmet state"):
+            editor.load_state_dict(bad)
+
+
+def test_accumulated_keys_keep_earlier_steps(tiny_llama, corpus_file):
+    """As released, a later step moves an earlier step's keys freely; with
+    ``accumulate_keys`` (a departure) their running k k^T sum joins C0 and they move far less.
+    The sum is the editor's state: a resumed editor carries it on."""
+    sharpen(tiny_llama)
+    initial = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    moved = {}
+    for accumulate in (False, True):
+        tiny_llama.model.load_state_dict(initial)
+        editor = _emmet(tiny_llama, corpus_file, layers=[2], accumulate_keys=accumulate)
+        editor.edit(REQUESTS[:2])
+        keys = editor.mean_keys(REQUESTS[:2], layer=2)[editor.module_names[2]].double()  # [n, in]
+        W1 = editor.weight(2).detach().double().clone()
+        editor.edit(REQUESTS[2:])
+        delta = editor.weight(2).detach().double() - W1
+        moved[accumulate] = float((delta @ keys.T).norm())  # weight(): [out, in]
+        state = editor.state_dict()
+        assert bool(state["kkt"]) == accumulate
+        if accumulate:
+            fresh = _emmet(tiny_llama, corpus_file, layers=[2], accumulate_keys=True)
+            fresh.load_state_dict(state)
+            torch.testing.assert_close(fresh.kkt[2], editor.kkt[2])
+    tiny_llama.model.load_state_dict(initial)
+    assert moved[True] < 0.5 * moved[False], moved

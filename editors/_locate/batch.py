@@ -1,4 +1,4 @@
-"""The MEMIT-style step shared by MEMIT and AlphaEdit.
+"""The MEMIT-style step shared by MEMIT, EMMET and AlphaEdit.
 
 For a step of n requests: optimise z_i = h_L(i) + delta_i at the last edited layer L
 (block output, subject's last token, bare prompt); then for each edited layer l in
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from editbench.api import EditRequest, EditStats
+from editbench.api import EditbenchError, EditRequest, EditStats
 from editbench.tokens import encode_prompt_target
 from editors._locate.base import LocateEditor, target_info
 from editors._locate.config import LocateConfig
@@ -189,3 +189,45 @@ class MultiLayerEditor(LocateEditor):
         """Keys [m, in] at ``layer`` for ``context_positions``' sequences and positions."""
         name = self.module_names[layer]
         return read_positions(self.handle, *context, {name: "input"})[name]
+
+
+class KeyCache:
+    """Earlier steps' keys per edited layer, as the running sum of K K^T, for an editor with
+    ``accumulate_keys`` (MEMIT, EMMET; mixed in before :class:`MultiLayerEditor`): a solve
+    that sees them keeps earlier edits' outputs, AlphaEdit's "MEMIT_seq". Kept on the
+    weight's device and saved with the editor's state."""
+
+    config: Any
+
+    def __init__(self, handle: ModelHandle, config: Any) -> None:
+        super().__init__(handle, config)
+        self.kkt: dict[int, torch.Tensor] = {}
+
+    def earlier_keys(self, layer: int, keep: torch.Tensor | None) -> torch.Tensor | None:
+        """The sum of k k^T this step's solve must keep: earlier steps' keys (when
+        accumulated) plus ``keep``."""
+        prev = self.kkt.get(layer) if self.config.accumulate_keys else None
+        if keep is not None:
+            prev = keep if prev is None else prev.double() + keep
+        return prev
+
+    def record_keys(self, layer: int, K: torch.Tensor) -> None:
+        if not self.config.accumulate_keys:
+            return
+        kk = (K.double() @ K.double().T).float()
+        self.kkt[layer] = kk if layer not in self.kkt else self.kkt[layer] + kk
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kkt": {str(k): v.cpu() for k, v in self.kkt.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) - {"kkt"}:
+            raise EditbenchError(f"{self.name} state: unknown keys {sorted(set(state) - {'kkt'})}, "
+                                 "expected only 'kkt'")
+        kkt = state.get("kkt", {})
+        unknown = {int(k) for k in kkt} - set(self.config.layers)
+        if unknown:
+            raise EditbenchError(f"{self.name} state: key caches for layers {sorted(unknown)} "
+                                 f"not in layers {self.config.layers}")
+        self.kkt = {int(k): v.to(self.weight(int(k)).device, torch.float32)
+                    for k, v in kkt.items()}
