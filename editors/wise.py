@@ -8,13 +8,18 @@ starts as a copy of ``W`` and is trained on the edits by the shared fine-tuning 
 ``optimizer`` at ``lr``); it lives outside the model and acts through a forward hook.
 
 Routing activation (the paper's Delta_act): at a position with value-matrix input ``a``,
-``d = ||(W' - W) a||``; the score of a position is the mean of ``d`` over the real tokens up
-to it (the paper averages over the query's tokens; a causal mean makes the decision at each
-position depend on its prefix only, so teacher-forced scoring and greedy decoding with a KV
-cache agree: the running sums of each row are carried across decoding steps). A position
-uses the side memory when its score is at least ``epsilon = act_ratio * min over edits of
-the edit's activation`` (the edit's activation: the lowest score over the positions that
-predict its target, measured after training it), else the main memory's output, unchanged.
+``d = ||act(W' a) - act(W a)||`` with ``act`` the model's hidden activation (SiLU on LLaMA),
+as the released code (``score_activation: false``: the plain ``||(W' - W) a||``). The score of
+a row, as released (``score_mean: sequence``), is the mean of ``d`` over all its real tokens
+in the forward (with a KV cache: over the cached prefix too), one decision for the whole row:
+a teacher-forced prompt + target is routed on the target's tokens as well.
+``score_mean: prefix`` scores each position by the mean over the tokens up to it, so
+teacher-forced scoring and greedy decoding with a KV cache make the same decisions. A row
+(position) uses the side memory when its score is at least ``epsilon = act_ratio * min over
+edits of the edit's activation``, else the main memory's output, unchanged. The edit's
+activation, measured after training it: as released, the mean over the edit's rows (prompt
+and context-template variants, each with the target) of their scores; ``prefix``: the lowest
+score over the bare prompt's target-predicting positions.
 
 Training loss per edit (rows: the edit prompt and its context-template variants, each with
 the target): target NLL through the side memory, plus the routing margins on the scores
@@ -22,9 +27,12 @@ the target): target NLL through the side memory, plus the routing margins on the
 
     mean+(s(x_i) - alpha) + mean+(beta - s(x_e)) + mean+(s(x_i) - s(x_e) + gamma)
 
-(``mean+``: the mean of the positive entries, as the released code; ``s(x_e)`` over the
-target-predicting positions of every row, ``s(x_i)`` over every position). The scores are
-computed from the value matrix's inputs, read once per edit: the layers below are frozen.
+(``mean+``: the mean of the positive entries, as the released code; ``sequence``: one score
+per edit row and per irrelevant text, over their real tokens (the released code also
+averages over the padding of its batch); ``prefix``: ``s(x_e)`` at each target-predicting
+position of every row and ``s(x_i)`` at every position, each a hinge of its own, which is
+stricter). The scores are computed from the value matrix's inputs, read once per edit: the
+layers below are frozen.
 
 Knowledge sharding and merging: each shard of ``shard_size`` edits trains a random subspace
 of ``W'`` (gradients masked to a seeded Bernoulli(``mask_ratio``) set of entries), then is
@@ -84,6 +92,11 @@ class WiseConfig(FinetuneConfig):
     beta: float = 20.0
     gamma: float = 10.0
     norm_constraint: float | None = 1.0
+    # Routing score, as released: each row's mean over all its tokens, one decision a row
+    # ('sequence'); 'prefix': each position's mean over the tokens up to it.
+    score_mean: Literal["sequence", "prefix"] = "sequence"
+    # As released: the distance between the model's hidden activation of the two outputs.
+    score_activation: bool = True
     # Knowledge sharding and merging.
     mask_ratio: float = 0.2
     shard_size: int = 500
@@ -164,6 +177,20 @@ def ties_merge(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Seq
     return (base.float() + (weighted * agree).sum(0) / divisor).to(base.dtype)
 
 
+def hidden_activation(config: Any) -> nn.Module:
+    """The model's MLP activation, from its config (``hidden_act``; Gemma:
+    ``hidden_activation``; GPT-2: ``activation_function``)."""
+    from transformers.activations import ACT2FN
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("hidden_act", "hidden_activation", "activation_function"):
+        name = getattr(text, key, None)
+        if isinstance(name, str):
+            return ACT2FN[name]
+    raise EditbenchError("wise: the model's config names no hidden activation (hidden_act); "
+                         "set score_activation: false")
+
+
 class _Stream:
     """Which positions of the current forward are real tokens, and each row's running score
     sums over the forwards before it (a KV-cached prefix); read by the router.
@@ -202,8 +229,9 @@ class _Stream:
         past = passed_kv_cache(kwargs)
         return int(past.get_seq_length()) if hasattr(past, "get_seq_length") else 0
 
-    def prefix_mean(self, name: str, d: torch.Tensor) -> torch.Tensor:
-        """Per position, the mean of ``d`` ([B, T]) over the row's real tokens so far."""
+    def running_mean(self, name: str, d: torch.Tensor, whole_row: bool) -> torch.Tensor:
+        """Per position, the mean of ``d`` ([B, T]) over the row's real tokens up to it, or
+        (``whole_row``) over all of them so far, at every position of the row."""
         mask = self.mask.to(d.device) if self.mask is not None else torch.ones_like(d)
         if mask.shape != d.shape:  # a forward that did not pass through the base model
             mask, self.sums = torch.ones_like(d), {}
@@ -214,7 +242,8 @@ class _Stream:
         sums = torch.cumsum(d * mask, 1) + carried_sum[:, None]
         counts = torch.cumsum(mask, 1) + carried_n[:, None]
         self.sums[name] = (sums[:, -1], counts[:, -1])
-        return sums / counts.clamp(min=1)
+        means = sums / counts.clamp(min=1)
+        return means[:, -1:].expand_as(means) if whole_row else means
 
 
 class _Router:
@@ -224,7 +253,7 @@ class _Router:
     def __init__(self, editor: WiseEditor) -> None:
         self.editor = editor
         self.training = False
-        self.record: dict[str, Any] | None = None  # last-position routes and scores (diagnostics)
+        self.record: dict[str, Any] | None = None  # each position's route and scores (diagnostics)
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> Any:
         ed = self.editor
@@ -235,7 +264,8 @@ class _Router:
         if not memories:
             return None
         outs = [ed.apply(a, weight) for _, weight in memories]
-        scores = [ed.stream.prefix_mean(name, (out.float() - output.float()).norm(dim=-1))
+        whole_row = ed.config.score_mean == "sequence"
+        scores = [ed.stream.running_mean(name, ed.distance(out, output), whole_row)
                   for (name, _), out in zip(memories, outs, strict=True)]
         # The highest score that reaches epsilon picks its memory (index + 1); none: main (0).
         # Later memories win ties: the side memory is last, as the released code prefers it.
@@ -248,8 +278,8 @@ class _Router:
             route = torch.where(take, i, route)
             best = torch.where(take, s, best)
         if self.record is not None:
-            self.record["route"] = ["main", *(name for name, _ in memories)], route[:, -1].cpu()
-            self.record["scores"] = {name: s[:, -1].cpu() for (name, _), s in zip(memories, scores, strict=True)}
+            self.record["route"] = ["main", *(name for name, _ in memories)], route.cpu()
+            self.record["scores"] = {name: s.cpu() for (name, _), s in zip(memories, scores, strict=True)}
         if not bool((route > 0).any()):
             return None
         out = output
@@ -294,6 +324,7 @@ class WiseEditor(FinetuneEditor):
         self.templates = context_templates(handle, cfg.context_template_lengths,
                                            cfg.context_templates_per_length, cfg.seed)
         self.irrelevant = self._irrelevant_texts()
+        self.activation = hidden_activation(handle.model.config)
         self.stream = _Stream()
         self.router = _Router(self)
         self._hooks = [handle.model.base_model.register_forward_pre_hook(self.stream, with_kwargs=True),
@@ -325,8 +356,19 @@ class WiseEditor(FinetuneEditor):
         found += [(f"shard{i}", shard) for i, shard in enumerate(self.shards)]
         return found + ([("side", self.side)] if self.side_edits else [])
 
+    def distance(self, out: torch.Tensor, main_out: torch.Tensor) -> torch.Tensor:
+        """d per position: ``||act(out) - act(main_out)||`` (``score_activation``) or
+        ``||out - main_out||``, in float32."""
+        out, main_out = out.float(), main_out.float()
+        if self.config.score_activation:
+            out, main_out = self.activation(out), self.activation(main_out)
+        return (out - main_out).norm(dim=-1)
+
     def _delta_norms(self, acts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """||(weight - W) a|| for each row of ``acts`` ([m, d_in])."""
+        """d for each row of ``acts`` ([m, d_in]) between ``weight`` and the main memory."""
+        acts = acts.float()
+        if self.config.score_activation:
+            return self.distance(self.apply(acts, weight.float()), self.apply(acts, self.main.float()))
         diff = weight.float() - self.main.float()
         out = acts @ diff if self.layout == "in_out" else acts @ diff.T
         return out.norm(dim=-1)
@@ -339,6 +381,26 @@ class WiseEditor(FinetuneEditor):
             out.append(torch.cumsum(seg, 0) / torch.arange(1, n + 1, device=d.device))
             start += n
         return out
+
+    def _scores(self, d: torch.Tensor, lengths: Sequence[int],
+                spans: Sequence[range] | None = None) -> torch.Tensor:
+        """The scores the margins see: one per row (``sequence``), or (``prefix``) one per
+        position, at ``spans`` of each row when given."""
+        means = self._prefix_means(d, lengths)
+        if self.config.score_mean == "sequence":
+            return torch.stack([m[-1] for m in means])
+        if spans is None:
+            return torch.cat(means)
+        return torch.cat([m[span.start : span.stop] for m, span in zip(means, spans, strict=True)])
+
+    def _activation(self) -> float:
+        """The trained edit's activation (see the module docstring)."""
+        acts, lengths, spans = self._edit_acts
+        d = self._delta_norms(acts, self.side)
+        if self.config.score_mean == "sequence":
+            return float(self._scores(d, lengths).mean())
+        bare = self._prefix_means(d[: lengths[0]], lengths[:1])[0]
+        return float(bare[spans[0].start : spans[0].stop].min())
 
     def _mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         return grad if self._mask is None else grad * self._mask.to(grad.dtype)
@@ -391,10 +453,9 @@ class WiseEditor(FinetuneEditor):
             return None
         cfg = self.config
         acts, lengths, spans = self._edit_acts
-        means = self._prefix_means(self._delta_norms(acts, self.side), lengths)
-        s_in = torch.cat([m[span.start : span.stop] for m, span in zip(means, spans, strict=True)])
+        s_in = self._scores(self._delta_norms(acts, self.side), lengths, spans)
         out_acts, out_lengths = self._irrelevant_acts
-        s_out = torch.cat(self._prefix_means(self._delta_norms(out_acts, self.side), out_lengths))
+        s_out = self._scores(self._delta_norms(out_acts, self.side), out_lengths)
         loss = (mean_positive(s_out - cfg.alpha) + mean_positive(cfg.beta - s_in)
                 + mean_positive(s_out[:, None] - s_in[None, :] + cfg.gamma))
         return loss.to(self.handle.input_device)
@@ -449,9 +510,7 @@ class WiseEditor(FinetuneEditor):
         try:
             info = super().edit(variants).info
             with torch.no_grad():
-                acts, lengths, _ = self._edit_acts
-                bare = self._prefix_means(self._delta_norms(acts[: lengths[0]], self.side), lengths[:1])[0]
-                activation = float(bare[spans[0].start : spans[0].stop].min())
+                activation = self._activation()
         finally:
             self.router.training = False
             self._edit_acts = self._irrelevant_acts = None
@@ -507,7 +566,8 @@ class WiseEditor(FinetuneEditor):
         if "route" not in record:
             return ["main"] * len(prompts), {}
         names, route = record["route"]
-        return [names[int(i)] for i in route], {k: v.tolist() for k, v in record["scores"].items()}
+        return ([names[int(i)] for i in route[:, -1]],
+                {k: v[:, -1].tolist() for k, v in record["scores"].items()})
 
     # -- state ----------------------------------------------------------------------------
 

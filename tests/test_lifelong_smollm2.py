@@ -16,12 +16,13 @@ from editbench.run import RunSpec, run
 
 pytestmark = pytest.mark.integration
 
-# WISE, measured on these 20 requests with hparams/wise/smollm2-135m.yaml and EOS appended to
-# the target (``append_eos: true``): reliability 0.25, generalization 0.25, locality 0.75
-# (argmax agreement 0.81); the guards are those values minus a margin, so a change that loses
-# WISE's edits or its routing fails here. As released (no EOS) it scores reliability 0.00,
-# generalization 0.05, locality 0.60 on them (its answers do not start with the target), so
-# the guard runs with the option on, where there are edits to lose.
+# WISE, measured on these 20 requests with hparams/wise/smollm2-135m.yaml, EOS appended to the
+# target (``append_eos: true``) and the prefix scoring (``score_mean: prefix``,
+# ``score_activation: false``): reliability 0.25, generalization 0.25, locality 0.75 (argmax
+# agreement 0.81); the guards are those values minus a margin, so a change that loses WISE's
+# edits or its routing fails here. Without EOS it scores reliability 0.00, generalization
+# 0.05, locality 0.60 on them (its answers do not start with the target), so the guard runs
+# with the options that were measured, where there are edits to lose.
 WISE_MIN_RELIABILITY = 0.15
 WISE_MIN_LOCALITY = 0.6
 
@@ -47,6 +48,6 @@ def test_grace_makes_its_edits_and_leaves_unrelated_prompts_unchanged(tmp_path):
 
 
 def test_wise_holds_its_measured_level(tmp_path):
-    results = _run("wise", tmp_path, append_eos=True)
+    results = _run("wise", tmp_path, append_eos=True, score_mean="prefix", score_activation=False)
     assert results["reliability"] >= WISE_MIN_RELIABILITY
     assert results["locality"] >= WISE_MIN_LOCALITY
