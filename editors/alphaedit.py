@@ -18,7 +18,7 @@ import torch
 
 from editbench.api import EditbenchError
 from editbench.registry import register_editor
-from editors._locate.batch import MultiLayerConfig, MultiLayerEditor
+from editors._locate.batch import MultiLayerConfig, MultiLayerEditor, key_moment
 from editors._locate.solve import alphaedit_delta, nullspace_energy, nullspace_projector
 from editors._locate.stats import (
     cache_path,
@@ -103,7 +103,7 @@ class AlphaEditEditor(MultiLayerEditor):
         return alphaedit_delta(K, R, self.P[layer], C_prev, self.config.L2)
 
     def record_keys(self, layer: int, K: torch.Tensor) -> None:
-        self.C_prev[layer] += (K.double() @ K.double().T).float()
+        self.C_prev[layer] += key_moment(K)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -191,6 +191,11 @@ class MultiLayerEditor(LocateEditor):
         return read_positions(self.handle, *context, {name: "input"})[name]
 
 
+def key_moment(K: torch.Tensor) -> torch.Tensor:
+    """K K^T [in, in] of a step's keys K [in, n], summed in float64, kept in float32."""
+    return (K.double() @ K.double().T).float()
+
+
 class KeyCache:
     """Earlier steps' keys per edited layer, as the running sum of K K^T, for an editor with
     ``accumulate_keys`` (MEMIT, EMMET; mixed in before :class:`MultiLayerEditor`): a solve
@@ -214,7 +219,7 @@ class KeyCache:
     def record_keys(self, layer: int, K: torch.Tensor) -> None:
         if not self.config.accumulate_keys:
             return
-        kk = (K.double() @ K.double().T).float()
+        kk = key_moment(K)
         self.kkt[layer] = kk if layer not in self.kkt else self.kkt[layer] + kk
 
     def state_dict(self) -> dict[str, Any]:
