@@ -1,4 +1,5 @@
-"""File helpers every part of editbench shares: atomic writes and the one JSONL reader.
+"""File helpers every part of editbench shares: atomic writes, cache locks and the one JSONL
+reader.
 
 Atomic: a temp file in the destination folder, fsync, then ``os.replace``, so a crash
 never leaves a half-written file under the final name. Every file editbench writes gets
@@ -12,6 +13,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,30 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if absent) while the block runs.
+
+    Why: two processes filling the same cache entry at once (a sweep's parallel runs, test
+    workers) would both do the work, and a folder replaced under a reader breaks it; the
+    second one waits here, then finds the entry made. Where ``fcntl`` is missing (Windows)
+    it does not lock, and concurrent fills only repeat work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -29,7 +29,7 @@ import yaml
 from torch import nn
 
 from editbench.errors import EditbenchError, did_you_mean
-from editbench.files import atomic_write, sha256_file
+from editbench.files import atomic_write, file_lock, sha256_file
 from editbench.resources import cache_dir
 
 log = logging.getLogger(__name__)
@@ -339,24 +339,62 @@ def _assemble_into(assemble: Callable[[Path], Any], tmp: Path, preset: ModelPres
 def converted_gguf_folder(preset: ModelPreset) -> tuple[Path, str]:
     """Convert the preset's GGUF file once into a cached safetensors folder.
 
-    Returns the folder and the weights' identity (the GGUF file's SHA-256).
+    Returns the folder and the weights' identity (the GGUF file's SHA-256). Processes that
+    load the model at once (parallel runs, test workers) convert it once: the others wait on
+    a lock beside the folder, then read what the first one made.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source = _gguf_source(preset)
     target = cache_dir("models") / preset.name
+    made = _converted(target, source)
+    if made is not None:
+        return made
+    with file_lock(target.with_name(target.name + ".lock")):
+        made = _converted(target, source)
+        if made is not None:
+            return made
+        return target, _convert_gguf(source, target)
+
+
+def _converted(target: Path, source: Path) -> tuple[Path, str] | None:
+    """The cached folder and digest when it was converted from ``source``'s bytes, else None."""
     marker = target / "editbench_source.json"
-    digest = None
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        if info.get("size") == source.stat().st_size:
-            if info.get("source") == str(source):
-                return target, info["sha256"]
-            # The same file installed elsewhere (another virtual environment): the bytes
-            # decide, so environments share one conversion instead of redoing it in turn.
-            digest = sha256_file(source)
-            if digest == info.get("sha256"):
-                return target, digest
+    if not marker.is_file():
+        return None
+    info = json.loads(marker.read_text())
+    if info.get("size") != source.stat().st_size:
+        return None
+    if info.get("source") == str(source):
+        return target, info["sha256"]
+    # The same file installed elsewhere (another virtual environment): the bytes decide,
+    # so environments share one conversion instead of redoing it in turn.
+    digest = sha256_file(source)
+    return (target, digest) if digest == info.get("sha256") else None
+
+
+def _convert_gguf(source: Path, target: Path) -> str:
+    """Write ``source`` as a safetensors model folder at ``target``; its SHA-256."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors under %s (once)", source.name, target)
+    digest = sha256_file(source)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    # transformers refuses to save a GGUF-loaded model while it still looks quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "editbench_source.json").write_text(
+        json.dumps({"source": str(source), "size": source.stat().st_size, "sha256": digest})
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return digest
     log.info("converting %s to safetensors under %s (once)", source.name, target)
     digest = digest or sha256_file(source)
     model = AutoModelForCausalLM.from_pretrained(

