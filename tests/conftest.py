@@ -44,7 +44,12 @@ SHARED_DATA = Path(os.environ.get("EDITBENCH_SHARED_DATA") or REPO.parent / "sha
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (the issues' full-size runs, tens of minutes on a CPU) run
-    only with EDITBENCH_SLOW=1 or when selected explicitly with ``-m slow``."""
+    only with EDITBENCH_SLOW=1 or when selected explicitly with ``-m slow``.
+
+    The real-model tests (``integration``, minutes each) come first: pytest-xdist hands
+    tests out in this order, so the long ones start early and the short ones fill in
+    around them instead of one long test finishing alone at the end."""
+    items.sort(key=lambda item: "integration" not in item.keywords)
     expr = config.getoption("-m") or ""
     if os.environ.get("EDITBENCH_SLOW") == "1" or ("slow" in expr and "not slow" not in expr):
         return

