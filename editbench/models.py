@@ -395,26 +395,6 @@ def _convert_gguf(source: Path, target: Path) -> str:
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return digest
-    log.info("converting %s to safetensors under %s (once)", source.name, target)
-    digest = digest or sha256_file(source)
-    model = AutoModelForCausalLM.from_pretrained(
-        source.parent, gguf_file=source.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    # transformers refuses to save a GGUF-loaded model while it still looks quantized.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "editbench_source.json").write_text(
-        json.dumps({"source": str(source), "size": source.stat().st_size, "sha256": digest})
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target, digest
 
 
 def _local_identity(folder: Path) -> str:

@@ -139,3 +139,43 @@ def test_a_conversion_is_shared_by_environments_with_the_same_file(tmp_path, mon
     gguf.write_bytes(b"GGUF" + bytes(59) + b"x")  # same size, other bytes
     with pytest.raises(Converting):
         models.converted_gguf_folder(preset)
+
+
+def test_processes_loading_at_once_convert_once(tmp_path, monkeypatch):
+    """Two loaders of an unconverted model at once (parallel runs, test workers): one
+    converts, the other waits on the lock and reads that conversion."""
+    import json
+    import threading
+    import time
+
+    from editbench import models
+
+    monkeypatch.setenv("EDITBENCH_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setattr(models, "_gguf_source", lambda p: gguf)
+    calls = []
+
+    def convert(source, target):
+        calls.append(source)
+        time.sleep(0.5)  # long enough for the other loader to arrive meanwhile
+        target.mkdir(parents=True)
+        (target / "editbench_source.json").write_text(
+            json.dumps({"source": str(source), "size": source.stat().st_size, "sha256": "d"}))
+        return "d"
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    preset = models.get_preset("smollm2-135m")
+    start, got = threading.Barrier(2), []
+
+    def load() -> None:
+        start.wait()
+        got.append(models.converted_gguf_folder(preset))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert got == [(models.cache_dir("models") / preset.name, "d")] * 2
