@@ -385,14 +385,19 @@ def second_moments(
     root = root or stats_cache_root()
     req = StatsRequest(handle.identity, fingerprint or weights_fingerprint(handle.model),
                        corpus.identity, num_tokens, seq_len, dtype)
-    # One process computes a request's missing matrices; another asking for them meanwhile
-    # (a parallel run, a test worker) waits, then reads them from the cache.
-    with file_lock(root / f"mom2-{json_digest(asdict(req), 16)}.lock"):
-        out, missing = _cached_moments(root, req, modules)
-        info: dict[str, Any] = {"cached": sorted(set(modules) - set(missing)), "computed": missing,
-                                "corpus": corpus.identity, "tokens": num_tokens}
-        if missing:
-            out.update(_compute_and_cache(handle, root, req, corpus, missing, companions, batch_size, info))
+    out, missing = _cached_moments(root, req, modules)
+    notes: dict[str, Any] = {}
+    if missing:
+        # One process computes a request's missing matrices; another asking for them
+        # meanwhile (a parallel run, a test worker) waits, then reads them from the cache.
+        # (A fully cached request takes no lock, so a read-only cache still serves.)
+        with file_lock(root / f"mom2-{json_digest(asdict(req), 16)}.lock"):
+            out, missing = _cached_moments(root, req, modules)
+            if missing:
+                made, notes = _compute_and_cache(handle, root, req, corpus, missing, companions, batch_size)
+                out.update(made)
+    info: dict[str, Any] = {"cached": sorted(set(modules) - set(missing)), "computed": missing,
+                            "corpus": corpus.identity, "tokens": num_tokens, **notes}
     return out, info
 
 
@@ -411,11 +416,12 @@ def _cached_moments(root: Path, req: StatsRequest, modules: Sequence[str]) -> tu
 
 
 def _compute_and_cache(handle: ModelHandle, root: Path, req: StatsRequest, corpus: Corpus,
-                       missing: list[str], companions: Sequence[str], batch_size: int,
-                       info: dict[str, Any]) -> dict[str, torch.Tensor]:
+                       missing: list[str], companions: Sequence[str],
+                       batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """One pass over the corpus for ``missing`` (and uncached ``companions``), all cached;
-    returns the ``missing`` ones and notes what it did in ``info``."""
+    returns the ``missing`` ones and notes on what it did."""
     t0 = time.perf_counter()
+    info: dict[str, Any] = {}
     text_path, text_meta = self_text_path(root, req) if corpus.kind == "self" else (None, None)
     if text_path is not None:
         samples = load_self_texts(text_path, text_meta)
@@ -437,7 +443,6 @@ def _compute_and_cache(handle: ModelHandle, root: Path, req: StatsRequest, corpu
         save_cached(cache_path(root, meta), meta, mat, {"tokens_seen": count})
         if name in missing:
             out[name] = mat
-    return out
     return out, info
 
 
